@@ -1,0 +1,111 @@
+"""The variant contract and the statistics the variants share.
+
+Notation (DESIGN.md §3; KFC, Grosse & Martens 2016): B examples, T positions, a_{n,t} the input
+patch, ā = [a; 1] with the homogeneous coordinate **last**, ĝ_{n,t} the per-example derivative.
+
+- Ω  = (1/B) Σ_n Σ_t ā āᵀ                       :func:`patch_second_moment`
+- Γ  = (1/(B·T)) Σ_n Σ_t ĝ ĝᵀ                   :func:`deriv_second_moment`
+- (1/B) Σ_n (Σ_t ĝ)(Σ_t ĝ)ᵀ                      :func:`summed_deriv_second_moment`
+- (1/B) Σ_n ā_n ā_nᵀ with ā_n = mean_t ā          :func:`mean_patch_second_moment`
+
+The homogeneous coordinate is never materialised as a column of ones: its row/column of Ω is
+Σ ā (and B·T in the corner), which avoids copying the (B·T, K) patch matrix.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+from torch import nn
+
+from kfac_bench.curvature.adapters import LayerBatch, layer_batch
+
+
+@dataclass(frozen=True)
+class Factors:
+    """One batch's factors for one layer (no averaging).
+
+    A: (D_in[+1])² activation factor, homogeneous coordinate last when the bias is folded in.
+    G: (D_out)² gradient factor.
+    bias_G: (D_out)² the bias's own block when the strategy preconditions it separately, else None.
+    """
+
+    A: torch.Tensor
+    G: torch.Tensor
+    bias_G: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class InitRule:
+    """How a running average starts (DESIGN.md §3 table, last column).
+
+    - ``first``: m_1 = S_1, then m_k = d·m_{k−1} + (1−d)·S_k
+    - ``identity``: m_0 = I, then the EMA (so m_1 = d·I + (1−d)·S_1)
+    - ``zeros-average``: m_0 = 0, m_k = m_{k−1} + S_k/steps for k ≤ steps, then the EMA
+    """
+
+    kind: Literal["first", "identity", "zeros-average"]
+    steps: int = 10
+
+
+class FactorStrategy(abc.ABC):
+    """A variant: how one batch of (input, grad_output) becomes Kronecker factors.
+
+    Subclasses set ``name``, ``summary`` (one line for ``kfac-bench variants``) and
+    ``running_init``, and implement :meth:`from_batch`. The trainer never branches on ``name``.
+    """
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    running_init: ClassVar[InitRule]
+
+    def factors(
+        self, module: nn.Module, layer_input: torch.Tensor, grad_output: torch.Tensor
+    ) -> Factors:
+        """Factors of one batch. ``grad_output`` is the gradient of a batch-mean loss."""
+        return self.from_batch(layer_batch(module, layer_input, grad_output))
+
+    @abc.abstractmethod
+    def from_batch(self, batch: LayerBatch) -> Factors:
+        """Factors from the canonical (B, T, K) patches and (B, T, C_out) derivatives."""
+
+    def __repr__(self) -> str:
+        return f"<variant {self.name!r}>"
+
+
+def patch_second_moment(batch: LayerBatch, homogeneous: bool) -> torch.Tensor:
+    """Ω = (1/B) Σ_{n,t} ā āᵀ, shape (K+1)² with the bias coordinate last (K² without it)."""
+    b, t, k = batch.patches.shape
+    rows = batch.patches.reshape(b * t, k)
+    weight_block = rows.T @ rows
+    if not homogeneous:
+        return weight_block / b
+    column = rows.sum(dim=0)
+    corner = torch.full((1, 1), float(b * t), dtype=rows.dtype, device=rows.device)
+    top = torch.cat([weight_block, column[:, None]], dim=1)
+    bottom = torch.cat([column[None, :], corner], dim=1)
+    return torch.cat([top, bottom], dim=0) / b
+
+
+def deriv_second_moment(batch: LayerBatch) -> torch.Tensor:
+    """Γ = (1/(B·T)) Σ_{n,t} ĝ ĝᵀ, shape C_out²."""
+    b, t, c = batch.derivs.shape
+    rows = batch.derivs.reshape(b * t, c)
+    return (rows.T @ rows) / (b * t)
+
+
+def summed_deriv_second_moment(batch: LayerBatch) -> torch.Tensor:
+    """(1/B) Σ_n (Σ_t ĝ_{n,t})(Σ_t ĝ_{n,t})ᵀ, shape C_out² (the exact bias Fisher block)."""
+    summed = batch.derivs.sum(dim=1)
+    return (summed.T @ summed) / batch.batch_size
+
+
+def mean_patch_second_moment(batch: LayerBatch, homogeneous: bool) -> torch.Tensor:
+    """(1/B) Σ_n ā_n ā_nᵀ with ā_n = mean_t ā_{n,t} (mean of the ones is 1)."""
+    means = batch.patches.mean(dim=1)
+    if homogeneous:
+        means = torch.cat([means, torch.ones_like(means[:, :1])], dim=1)
+    return (means.T @ means) / batch.batch_size

@@ -1,0 +1,357 @@
+"""``KFAC``: the preconditioned trust-region step, usable on any model of Linear/Conv2d layers.
+
+Lifecycle of one update (what the trainer does)::
+
+    with kfac.fisher_pass() as fisher:        # records layer inputs/outputs (only if stats are due)
+        logits, value = model(obs)
+        fisher.backward(fisher_loss)          # d(Fisher loss)/d(outputs) -> factors -> running avg
+    optimizer.zero_grad(); training_loss.backward()   # the same graph, ordinary backward
+    info = kfac.step()                        # precondition .grad, trust region, momentum
+
+Step (openai/baselines ``baselines/acktr/kfac.py`` lines 779-801, 879-893)::
+
+    Δ_l = F̃_l⁻¹ g_l                                 (inverse.py, per layer)
+    q   = Σ_l ⟨Δ_l, g_l⟩
+    ν   = min(ν_max, sqrt(δ / (lr²·q)))              trust_region = "baselines"  (BL, SB, IK, KP)
+        = min(ν_max, sqrt(2δ / (lr²·q + 1e-6)))      "acktr-paper"  (ACKTR-PyTorch brain/kfac.py:130)
+        = min(ν_max, sqrt(δ / (q/2 + 1e-8)))         "notebook"     (seed notebook: ½·gᵀF⁻¹g, no lr²)
+        = 1                                          "none"
+    buf ← μ·buf + ν·Δ;   θ ← θ − lr·(1−μ)·buf       (momentum_scale "1-mu"; "1": θ ← θ − lr·buf, KP)
+
+``predicted_kl`` reported per step is the quadratic model's KL of the steady-state step lr·ν·Δ:
+½·lr²·ν²·q (exact when F̃Δ = g, i.e. no clipping and the step is small).
+
+Cold start (baselines, ``cold_iters`` > 0): the first updates are momentum SGD (lr, μ_cold, no (1−μ))
+on gradients clipped to ``cold_clip`` while the statistics already accumulate (kfac.py:898-922).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from kfac_bench.config import KfacConfig
+from kfac_bench.curvature.adapters import UnsupportedLayerError, check_conv2d, is_supported
+from kfac_bench.curvature.capture import CaptureError, LayerCapture
+from kfac_bench.curvature.factors import Factors, FactorStrategy, InitRule
+from kfac_bench.curvature.inverse import FactorInverseError, FactorPairInverse, invert_pair
+from kfac_bench.curvature.running import RunningAverage
+
+
+class KfacError(RuntimeError):
+    """K-FAC cannot go on (non-finite factors, failed decomposition, misuse). One-line message."""
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """What one step did. Tensors stay on device; read them with .item() at logging time only."""
+
+    lr: float
+    nu: torch.Tensor
+    q: torch.Tensor
+    predicted_kl: torch.Tensor
+    cold: bool
+    inverted: bool
+
+
+class _Layer:
+    """State of one preconditioned layer: running factors and the current decomposition."""
+
+    def __init__(self, name: str, module: nn.Module, decay: float, init: InitRule, dtype: torch.dtype):
+        self.name = name
+        self.module = module
+        self.A = RunningAverage(decay, init, dtype)
+        self.G = RunningAverage(decay, init, dtype)
+        self.bias_G: RunningAverage | None = None
+        self.decay, self.init, self.dtype = decay, init, dtype
+        self.weights: FactorPairInverse | None = None
+        self.bias: FactorPairInverse | None = None
+
+    @property
+    def homogeneous(self) -> bool:
+        """Whether A carries the bias coordinate (A is (K+1)² instead of K²)."""
+        k = self.module.weight[0].numel()
+        return self.A.value is not None and self.A.value.shape[0] == k + 1
+
+    def fold(self, factors: Factors) -> None:
+        self.A.update(factors.A)
+        self.G.update(factors.G)
+        if factors.bias_G is not None:
+            if self.bias_G is None:
+                self.bias_G = RunningAverage(self.decay, self.init, self.dtype)
+            self.bias_G.update(factors.bias_G)
+
+    def check_structure(self) -> None:
+        has_bias = self.module.bias is not None
+        if has_bias and not self.homogeneous and self.bias_G is None:
+            raise KfacError(
+                f"layer {self.name!r} has a bias but the variant gave neither a homogeneous "
+                "coordinate in A nor a bias_G block"
+            )
+
+    def invert(self, config: KfacConfig) -> None:
+        self.weights = invert_pair(self.A.value, self.G.value, config, self.name)
+        if self.bias_G is not None:
+            one = torch.ones(1, 1, dtype=self.dtype, device=self.bias_G.value.device)
+            self.bias = invert_pair(one, self.bias_G.value, config, f"{self.name}.bias")
+
+    def precondition(self) -> list[tuple[nn.Parameter, torch.Tensor]]:
+        """(parameter, Δ) pairs for this layer's weight (and bias) from their .grad."""
+        weight, bias = self.module.weight, self.module.bias
+        grad_w = weight.grad.reshape(weight.shape[0], -1).to(self.dtype)
+        if self.homogeneous:
+            m = torch.cat([grad_w, bias.grad.to(self.dtype)[:, None]], dim=1)
+            delta = self.weights.apply(m)
+            return [
+                (weight, delta[:, :-1].reshape(weight.shape)),
+                (bias, delta[:, -1]),
+            ]
+        pairs = [(weight, self.weights.apply(grad_w).reshape(weight.shape))]
+        if bias is not None:
+            delta_b = self.bias.apply(bias.grad.to(self.dtype)[:, None])[:, 0]
+            pairs.append((bias, delta_b))
+        return pairs
+
+    def state_dict(self) -> dict:
+        return {
+            "A": self.A.state_dict(),
+            "G": self.G.state_dict(),
+            "bias_G": None if self.bias_G is None else self.bias_G.state_dict(),
+            "weights": None if self.weights is None else self.weights.state_dict(),
+            "bias": None if self.bias is None else self.bias.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.A.load_state_dict(state["A"])
+        self.G.load_state_dict(state["G"])
+        if state["bias_G"] is not None:
+            self.bias_G = RunningAverage(self.decay, self.init, self.dtype)
+            self.bias_G.load_state_dict(state["bias_G"])
+        self.weights = state["weights"] and FactorPairInverse.from_state_dict(state["weights"])
+        self.bias = state["bias"] and FactorPairInverse.from_state_dict(state["bias"])
+
+
+def find_layers(model: nn.Module) -> tuple[dict[str, nn.Module], list[str]]:
+    """Named Linear/Conv2d layers with trainable weights, and the names of all other parameters."""
+    layers: dict[str, nn.Module] = {}
+    covered: set[int] = set()
+    for name, module in model.named_modules():
+        if is_supported(module) and module.weight.requires_grad:
+            if isinstance(module, nn.Conv2d):
+                check_conv2d(module)
+            layers[name or type(module).__name__] = module
+            covered.update(id(p) for p in module.parameters(recurse=False))
+    others = [
+        name for name, p in model.named_parameters() if p.requires_grad and id(p) not in covered
+    ]
+    return layers, others
+
+
+class _FisherPass:
+    """Handle yielded by :meth:`KFAC.fisher_pass`; ``backward`` is a no-op when stats are not due."""
+
+    def __init__(self, kfac: KFAC, due: bool) -> None:
+        self.kfac = kfac
+        self.due = due
+        self.done = False
+
+    def backward(self, fisher_loss: torch.Tensor) -> None:
+        if not self.due:
+            return
+        if self.done:
+            raise KfacError("fisher.backward() called twice in one Fisher pass")
+        self.kfac._accumulate(self.kfac.capture.output_gradients(fisher_loss))
+        self.done = True
+
+
+class KFAC(torch.optim.Optimizer):
+    """K-FAC with a pluggable factor strategy (a variant) and the ACKTR trust-region step."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        variant: FactorStrategy,
+        config: KfacConfig,
+        lr: float,
+        cold_clip: float | None = None,
+    ) -> None:
+        layers, others = find_layers(model)
+        if not layers:
+            raise UnsupportedLayerError("the model has no nn.Linear or nn.Conv2d layer to precondition")
+        if others and config.unsupported == "error":
+            raise UnsupportedLayerError(
+                "K-FAC preconditions nn.Linear and nn.Conv2d only; these parameters belong to other "
+                f"layers: {', '.join(others)} (set kfac.unsupported='sgd' to step them unpreconditioned)"
+            )
+        params = [p for p in model.parameters() if p.requires_grad]
+        super().__init__(params, {"lr": lr})
+        self.model = model
+        self.variant = variant
+        self.config = config
+        self.cold_clip = cold_clip
+        self.unsupported_params = [dict(model.named_parameters())[n] for n in others]
+        self.unsupported_names = others
+        dtype = torch.float64 if config.dtype == "float64" else torch.float32
+        init = (
+            variant.running_init
+            if config.running_init == "variant"
+            else InitRule(config.running_init, config.init_average_steps)
+        )
+        self.layers = {
+            name: _Layer(name, module, config.stats_decay, init, dtype) for name, module in layers.items()
+        }
+        self.capture = LayerCapture(layers)
+        self.updates = 0  # calls to step()
+        self.kfac_steps = 0  # preconditioned steps taken
+        self.stats_updates = 0  # Fisher passes folded into the running averages
+
+    # --- statistics -----------------------------------------------------------------------
+    def statistics_due(self) -> bool:
+        return self.updates % self.config.stats_every == 0
+
+    @contextmanager
+    def fisher_pass(self) -> Iterator[_FisherPass]:
+        """Record this forward for the Fisher loss (only when statistics are due this update)."""
+        handle = _FisherPass(self, self.statistics_due())
+        if not handle.due:
+            yield handle
+            return
+        with self.capture.recording():
+            yield handle
+        if not handle.done:
+            raise KfacError("a Fisher pass ended without fisher.backward(loss)")
+
+    @torch.no_grad()
+    def _accumulate(self, grad_outputs: dict[str, torch.Tensor]) -> None:
+        fraction = self.config.stats_batch_fraction
+        for name, layer in self.layers.items():
+            layer_input, grad_output = self.capture.inputs[name], grad_outputs[name]
+            if fraction < 1.0:
+                full = layer_input.shape[0]
+                rows = max(1, math.ceil(fraction * full))
+                # keep ĝ = B_full·g: the variant multiplies by its own (smaller) batch size
+                layer_input = layer_input[:rows]
+                grad_output = grad_output[:rows] * (full / rows)
+            layer.fold(self.variant.factors(layer.module, layer_input, grad_output))
+        self.capture.clear()
+        self.stats_updates += 1
+        self._check_finite()
+
+    def _check_finite(self) -> None:
+        values = [m.value for layer in self.layers.values() for m in (layer.A, layer.G, layer.bias_G) if m]
+        if bool(torch.stack([v.isfinite().all() for v in values]).all()):
+            return
+        for layer in self.layers.values():
+            for label, m in (("A", layer.A), ("G", layer.G), ("bias_G", layer.bias_G)):
+                if m is not None and not bool(m.value.isfinite().all()):
+                    raise KfacError(f"non-finite {label} factor in layer {layer.name!r}")
+
+    # --- inverse ----------------------------------------------------------------------------
+    def _invert_all(self) -> None:
+        if self.stats_updates == 0:
+            raise KfacError("K-FAC step before any Fisher pass: no statistics to invert")
+        try:
+            for layer in self.layers.values():
+                layer.check_structure()
+                layer.invert(self.config)
+        except FactorInverseError as error:
+            raise KfacError(str(error)) from error
+
+    # --- step -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, closure=None) -> StepInfo:  # noqa: ARG002 (Optimizer signature)
+        lr = float(self.param_groups[0]["lr"])
+        self.updates += 1
+        if self.updates <= self.config.cold_iters:
+            return self._cold_step(lr)
+        inverted = False
+        if self.kfac_steps % self.config.inverse_every == 0 or any(
+            layer.weights is None for layer in self.layers.values()
+        ):
+            self._invert_all()
+            inverted = True
+        self.kfac_steps += 1
+
+        pairs: list[tuple[nn.Parameter, torch.Tensor]] = []
+        for layer in self.layers.values():
+            if layer.module.weight.grad is not None:
+                pairs.extend(layer.precondition())
+        pairs.extend((p, p.grad.to(self.layers_dtype)) for p in self.unsupported_params if p.grad is not None)
+        if not pairs:
+            raise KfacError("K-FAC step with no gradients (call backward on the training loss first)")
+        q = torch.stack([(delta * p.grad).sum() for p, delta in pairs]).sum()
+        nu = self._trust_region(q, lr)
+        momentum = self.config.momentum
+        scale = lr * (1.0 - momentum) if self.config.momentum_scale == "1-mu" else lr
+        for p, delta in pairs:
+            update = (nu * delta).to(p.dtype)
+            if momentum > 0:
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p)
+                update = state["momentum_buffer"].mul_(momentum).add_(update)
+            p.add_(update, alpha=-scale)
+        predicted = 0.5 * lr**2 * nu**2 * q
+        return StepInfo(lr, nu, q, predicted, cold=False, inverted=inverted)
+
+    @property
+    def layers_dtype(self) -> torch.dtype:
+        return torch.float64 if self.config.dtype == "float64" else torch.float32
+
+    def _trust_region(self, q: torch.Tensor, lr: float) -> torch.Tensor:
+        c = self.config
+        q = q.clamp_min(0.0)
+        if c.trust_region == "none":
+            return torch.ones_like(q)
+        if c.trust_region == "baselines":
+            bound = torch.sqrt(c.kl_clip / (lr**2 * q))
+        elif c.trust_region == "acktr-paper":
+            bound = torch.sqrt(2.0 * c.kl_clip / (lr**2 * q + 1e-6))
+        else:  # notebook
+            bound = torch.sqrt(c.kl_clip / (0.5 * q + 1e-8))
+        return bound.clamp(max=c.max_nu)  # q = 0 gives inf -> max_nu
+
+    def _cold_step(self, lr: float) -> StepInfo:
+        params = [p for p in self.param_groups[0]["params"] if p.grad is not None]
+        if self.cold_clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, self.cold_clip)
+        for p in params:
+            state = self.state[p]
+            if "cold_buffer" not in state:
+                state["cold_buffer"] = torch.zeros_like(p)
+            buf = state["cold_buffer"].mul_(self.config.cold_momentum).add_(p.grad)
+            p.add_(buf, alpha=-lr)
+        zero = torch.zeros(())
+        return StepInfo(lr, torch.ones(()), zero, zero, cold=True, inverted=False)
+
+    # --- diagnostics and state --------------------------------------------------------------
+    def diagnostics(self) -> dict[str, float]:
+        """Per-layer traces, condition numbers and clipped-eigenvalue counts of the last inverse."""
+        names = [n for n, layer in self.layers.items() if layer.weights is not None]
+        if not names:
+            return {}
+        stacked = torch.stack([self.layers[n].weights.diagnostics.float() for n in names]).tolist()
+        keys = ("A_trace", "G_trace", "A_cond", "G_cond", "A_clipped", "G_clipped")
+        return {f"diag/{n}/{k}": v for n, row in zip(names, stacked) for k, v in zip(keys, row)}
+
+    def state_dict(self) -> dict:
+        base = super().state_dict()
+        return {
+            "optimizer": base,
+            "layers": {name: layer.state_dict() for name, layer in self.layers.items()},
+            "counters": [self.updates, self.kfac_steps, self.stats_updates],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state["optimizer"])
+        for name, layer in self.layers.items():
+            layer.load_state_dict(state["layers"][name])
+        self.updates, self.kfac_steps, self.stats_updates = state["counters"]
+
+
+__all__ = ["KFAC", "CaptureError", "KfacError", "StepInfo", "find_layers"]

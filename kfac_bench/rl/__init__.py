@@ -1,0 +1,1 @@
+"""Reinforcement learning side: environments, policies, returns, the ACKTR/A2C trainer."""
