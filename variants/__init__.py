@@ -42,7 +42,9 @@ def get(name: str) -> FactorStrategy:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ValueError(f"unknown variant {name!r}; valid variants: {', '.join(names())}") from None
+        raise ValueError(
+            f"unknown variant {name!r}; valid variants: {', '.join(names())}"
+        ) from None
 
 
 def names() -> list[str]:

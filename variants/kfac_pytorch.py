@@ -4,8 +4,8 @@
     G = T² · Γ
     bias: homogeneous coordinate (bias_G = None)
 
-Same factors as ``baselines``; the difference is the running average's start: m_0 = I, then EMA,
-so m_1 = d·I + (1−d)·S_1 and the identity mass decays as d^k.
+Same factors as ``baselines``; the difference is the running average's start.
+Running average: m_0 = I, then EMA, so m_1 = d·I + (1−d)·S_1 and the identity mass decays as d^k.
 Source: alecwangcq/KFAC-Pytorch ``utils/kfac_utils.py`` ``ComputeCovA.conv2d`` / ``ComputeCovG.conv2d``
 (lines 108-118, 153-168 at 25e6dbe); identity start in ``optimizers/kfac.py`` (lines 59-70).
 """

@@ -21,7 +21,9 @@ from kfac_bench.curvature.factors import (
 
 class Paper(FactorStrategy):
     name = "paper"
-    summary = "KFC Ω and Γ (Grosse & Martens 2016), bias as homogeneous coordinate; init: first batch"
+    summary = (
+        "KFC Ω and Γ (Grosse & Martens 2016), bias as homogeneous coordinate; init: first batch"
+    )
     running_init = InitRule("first")
 
     def from_batch(self, batch: LayerBatch) -> Factors:

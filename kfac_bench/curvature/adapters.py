@@ -39,7 +39,9 @@ class LayerBatch:
         return self.patches.shape[1]
 
 
-def linear_batch(module: nn.Linear, layer_input: torch.Tensor, grad_output: torch.Tensor) -> LayerBatch:
+def linear_batch(
+    module: nn.Linear, layer_input: torch.Tensor, grad_output: torch.Tensor
+) -> LayerBatch:
     """Linear: input (B, ..., K), grad_output (B, ..., C_out); middle dims become positions."""
     batch = layer_input.shape[0]
     patches = layer_input.reshape(batch, -1, module.in_features)
@@ -47,7 +49,9 @@ def linear_batch(module: nn.Linear, layer_input: torch.Tensor, grad_output: torc
     return LayerBatch(patches, derivs, module.bias is not None)
 
 
-def conv2d_batch(module: nn.Conv2d, layer_input: torch.Tensor, grad_output: torch.Tensor) -> LayerBatch:
+def conv2d_batch(
+    module: nn.Conv2d, layer_input: torch.Tensor, grad_output: torch.Tensor
+) -> LayerBatch:
     """Conv2d: input (B, C_in, H, W), grad_output (B, C_out, Oh, Ow) -> patches (B, Oh·Ow, K)."""
     check_conv2d(module)
     batch = layer_input.shape[0]
@@ -84,7 +88,9 @@ def is_supported(module: nn.Module) -> bool:
     return type(module) in ADAPTERS
 
 
-def layer_batch(module: nn.Module, layer_input: torch.Tensor, grad_output: torch.Tensor) -> LayerBatch:
+def layer_batch(
+    module: nn.Module, layer_input: torch.Tensor, grad_output: torch.Tensor
+) -> LayerBatch:
     """Dispatch to the adapter for ``type(module)``; other types raise UnsupportedLayerError."""
     adapter = ADAPTERS.get(type(module))
     if adapter is None:

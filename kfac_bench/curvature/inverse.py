@@ -91,7 +91,9 @@ def _condition(eigenvalues: torch.Tensor) -> torch.Tensor:
     return top / eigenvalues.min().clamp_min(torch.finfo(eigenvalues.dtype).tiny)
 
 
-def invert_pair(a: torch.Tensor, g: torch.Tensor, config: KfacConfig, what: str) -> FactorPairInverse:
+def invert_pair(
+    a: torch.Tensor, g: torch.Tensor, config: KfacConfig, what: str
+) -> FactorPairInverse:
     """Decompose one Kronecker pair (A: K², G: C²) under ``config.damping_mode``."""
     lam = config.damping
     traces = torch.stack([torch.trace(a), torch.trace(g)])

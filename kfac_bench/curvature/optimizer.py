@@ -27,6 +27,7 @@ on gradients clipped to ``cold_clip`` while the statistics already accumulate (k
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -62,7 +63,9 @@ class StepInfo:
 class _Layer:
     """State of one preconditioned layer: running factors and the current decomposition."""
 
-    def __init__(self, name: str, module: nn.Module, decay: float, init: InitRule, dtype: torch.dtype):
+    def __init__(
+        self, name: str, module: nn.Module, decay: float, init: InitRule, dtype: torch.dtype
+    ):
         self.name = name
         self.module = module
         self.A = RunningAverage(decay, init, dtype)
@@ -182,7 +185,9 @@ class KFAC(torch.optim.Optimizer):
     ) -> None:
         layers, others = find_layers(model)
         if not layers:
-            raise UnsupportedLayerError("the model has no nn.Linear or nn.Conv2d layer to precondition")
+            raise UnsupportedLayerError(
+                "the model has no nn.Linear or nn.Conv2d layer to precondition"
+            )
         if others and config.unsupported == "error":
             raise UnsupportedLayerError(
                 "K-FAC preconditions nn.Linear and nn.Conv2d only; these parameters belong to other "
@@ -203,7 +208,8 @@ class KFAC(torch.optim.Optimizer):
             else InitRule(config.running_init, config.init_average_steps)
         )
         self.layers = {
-            name: _Layer(name, module, config.stats_decay, init, dtype) for name, module in layers.items()
+            name: _Layer(name, module, config.stats_decay, init, dtype)
+            for name, module in layers.items()
         }
         self.capture = LayerCapture(layers)
         self.updates = 0  # calls to step()
@@ -243,7 +249,9 @@ class KFAC(torch.optim.Optimizer):
         self._check_finite()
 
     def _check_finite(self) -> None:
-        values = [m.value for layer in self.layers.values() for m in (layer.A, layer.G, layer.bias_G) if m]
+        values = [
+            m.value for layer in self.layers.values() for m in (layer.A, layer.G, layer.bias_G) if m
+        ]
         if bool(torch.stack([v.isfinite().all() for v in values]).all()):
             return
         for layer in self.layers.values():
@@ -281,9 +289,13 @@ class KFAC(torch.optim.Optimizer):
         for layer in self.layers.values():
             if layer.module.weight.grad is not None:
                 pairs.extend(layer.precondition())
-        pairs.extend((p, p.grad.to(self.layers_dtype)) for p in self.unsupported_params if p.grad is not None)
+        pairs.extend(
+            (p, p.grad.to(self.layers_dtype)) for p in self.unsupported_params if p.grad is not None
+        )
         if not pairs:
-            raise KfacError("K-FAC step with no gradients (call backward on the training loss first)")
+            raise KfacError(
+                "K-FAC step with no gradients (call backward on the training loss first)"
+            )
         q = torch.stack([(delta * p.grad).sum() for p, delta in pairs]).sum()
         nu = self._trust_region(q, lr)
         momentum = self.config.momentum
@@ -348,6 +360,7 @@ class KFAC(torch.optim.Optimizer):
         }
 
     def load_state_dict(self, state: dict) -> None:
+        state = copy.deepcopy(state)  # running averages are updated in place later
         super().load_state_dict(state["optimizer"])
         for name, layer in self.layers.items():
             layer.load_state_dict(state["layers"][name])

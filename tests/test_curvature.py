@@ -1,0 +1,425 @@
+"""Curvature core against dense oracles: exact Fisher blocks, dense solves, KL, recurrences."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call, grad
+
+import variants
+from kfac_bench.config import KfacConfig
+from kfac_bench.curvature import KFAC, InitRule, KfacError
+from kfac_bench.curvature.adapters import UnsupportedLayerError
+from kfac_bench.curvature.inverse import invert_pair
+from kfac_bench.curvature.running import RunningAverage
+
+torch.set_default_dtype(torch.float64)
+
+F64 = KfacConfig(dtype="float64")
+
+
+def conv_batch(seed=0, b=4):
+    torch.manual_seed(seed)
+    conv = nn.Conv2d(2, 3, kernel_size=3, stride=2, padding=1)
+    x = torch.randn(b, 2, 8, 8)
+    out = conv(x)
+    w = torch.randn_like(out)
+    g = torch.autograd.grad(((out * w).flatten(1).sum(1) ** 2).mean(), out)[0]
+    return conv, x, g
+
+
+# --------------------------------------------------------------------------------------------
+# split invariance and where it breaks
+
+
+@pytest.mark.parametrize("name", ["baselines", "kfac-pytorch"])
+def test_scaled_variants_have_papers_kronecker_product(name):
+    conv, x, g = conv_batch()
+    p = variants.get("paper").factors(conv, x, g)
+    s = variants.get(name).factors(conv, x, g)
+    assert not torch.allclose(p.A, s.A)  # the split differs (T = 16) ...
+    torch.testing.assert_close(torch.kron(s.G, s.A), torch.kron(p.G, p.A))  # ... the product not
+
+
+def precondition(name: str, config: KfacConfig, conv, x, g, grad_matrix):
+    f = variants.get(name).factors(conv, x, g)
+    return invert_pair(f.A, f.G, config, name).apply(grad_matrix), f
+
+
+def test_eigen_tau0_same_step_and_clipping_breaks_it():
+    conv, x, g = conv_batch()
+    m = torch.randn(3, 2 * 9 + 1)
+    exact = dataclasses.replace(F64, eigen_clip=0.0, damping=1e-3)
+    d_paper, fp = precondition("paper", exact, conv, x, g, m)
+    d_bl, _ = precondition("baselines", exact, conv, x, g, m)
+    torch.testing.assert_close(d_paper, d_bl, rtol=1e-9, atol=1e-12)
+
+    # τ between λ_min(Ω)/T² and λ_min(Ω): paper keeps λ_min(Ω), baselines (A = Ω/T²) zeroes it
+    t = 16
+    lam_min = torch.linalg.eigvalsh(fp.A)[0].item()
+    tau = lam_min / t
+    assert 0 < lam_min / t**2 < tau < lam_min
+    clipped = dataclasses.replace(exact, eigen_clip=tau)
+    pair_p = invert_pair(fp.A, fp.G, clipped, "paper")
+    fb = variants.get("baselines").factors(conv, x, g)
+    pair_b = invert_pair(fb.A, fb.G, clipped, "baselines")
+    assert pair_p.diagnostics[4].item() == 0 and pair_b.diagnostics[4].item() >= 1
+    diff = (pair_p.apply(m) - pair_b.apply(m)).norm() / pair_p.apply(m).norm()
+    assert diff > 1e-2
+
+
+def test_full_optimizer_step_agrees_for_paper_and_baselines_at_tau0():
+    """Through capture, running average, inverse and step: identical parameter updates."""
+    deltas = {}
+    for name in ("paper", "baselines"):
+        torch.manual_seed(3)
+        net = nn.Sequential(nn.Conv2d(2, 4, 3, stride=2), nn.Tanh(), nn.Flatten(), nn.Linear(36, 3))
+        cfg = dataclasses.replace(
+            F64, eigen_clip=0.0, running_init="first", trust_region="none", momentum=0.0
+        )
+        kfac = KFAC(net, variants.get(name), cfg, lr=0.1)
+        x = torch.randn(6, 2, 8, 8)
+        a = torch.randint(0, 3, (6,))
+        with kfac.fisher_pass() as fisher:
+            logits = net(x)
+            fisher.backward(torch.distributions.Categorical(logits=logits).log_prob(a).mean())
+        kfac.zero_grad()
+        (logits**2).mean().backward()
+        before = [p.clone() for p in net.parameters()]
+        kfac.step()
+        deltas[name] = [p - b for p, b in zip(net.parameters(), before)]
+    for dp, db in zip(deltas["paper"], deltas["baselines"]):
+        torch.testing.assert_close(dp, db, rtol=1e-8, atol=1e-12)
+
+
+# --------------------------------------------------------------------------------------------
+# damping modes against dense solves (PyTorch row-major vec: F̃ = kron(G, A))
+
+
+def dense(kron_matrix, m):
+    return kron_matrix @ m.reshape(-1)
+
+
+@pytest.mark.parametrize("mode", ["eigen", "tikhonov", "tikhonov-pi"])
+def test_damping_modes_match_dense_formulas(mode):
+    conv, x, g = conv_batch(1)
+    f = variants.get("paper").factors(conv, x, g)
+    m = torch.randn(3, 19)
+    lam = 0.05
+    cfg = dataclasses.replace(F64, damping=lam, damping_mode=mode, eigen_clip=0.0)
+    got = invert_pair(f.A, f.G, cfg, "conv").apply(m).reshape(-1)
+    ia, ig = torch.eye(19), torch.eye(3)
+    if mode == "eigen":
+        want = torch.linalg.solve(torch.kron(f.G, f.A) + lam * torch.eye(57), m.reshape(-1))
+    elif mode == "tikhonov":
+        s = math.sqrt(lam)
+        want = dense(torch.kron(torch.linalg.inv(f.G + s * ig), torch.linalg.inv(f.A + s * ia)), m)
+    else:
+        pi = math.sqrt((torch.trace(f.A) / 19 / (torch.trace(f.G) / 3)).item())
+        s = math.sqrt(lam)
+        want = dense(
+            torch.kron(torch.linalg.inv(f.G + s / pi * ig), torch.linalg.inv(f.A + pi * s * ia)), m
+        )
+    torch.testing.assert_close(got, want, rtol=1e-8, atol=1e-10)
+
+
+def test_tikhonov_pi_is_split_invariant_but_tikhonov_is_not():
+    conv, x, g = conv_batch(2)
+    m = torch.randn(3, 19)
+    out = {}
+    for mode in ("tikhonov", "tikhonov-pi"):
+        cfg = dataclasses.replace(F64, damping=0.01, damping_mode=mode)
+        p, _ = precondition("paper", cfg, conv, x, g, m)
+        b, _ = precondition("baselines", cfg, conv, x, g, m)
+        out[mode] = ((p - b).norm() / p.norm()).item()
+    assert out["tikhonov-pi"] < 1e-9
+    assert out["tikhonov"] > 1e-3
+
+
+def test_separate_bias_block_is_damped_inverse():
+    conv, x, g = conv_batch(4)
+    f = variants.get("ikostrikov").factors(conv, x, g)
+    gb = torch.randn(3)
+    one = torch.ones(1, 1)
+    got = invert_pair(one, f.bias_G, dataclasses.replace(F64, eigen_clip=0.0), "b").apply(
+        gb[:, None]
+    )
+    want = torch.linalg.solve(f.bias_G + 0.01 * torch.eye(3), gb)
+    torch.testing.assert_close(got[:, 0], want)
+
+
+# --------------------------------------------------------------------------------------------
+# K-FAC is exact for one Linear layer and batch size 1
+
+
+def test_linear_batch1_kron_equals_exact_fisher_block():
+    torch.manual_seed(0)
+    layer = nn.Linear(4, 3)
+    x = torch.randn(1, 4)
+    action = torch.tensor([1])
+
+    def loss_fn(params, xs):
+        logits = functional_call(layer, params, (xs,))
+        return torch.log_softmax(logits, -1)[0, action[0]]
+
+    params = {k: v.detach() for k, v in layer.named_parameters()}
+    per_example = grad(loss_fn)(params, x)
+    vec = torch.cat([per_example["weight"], per_example["bias"][:, None]], dim=1).reshape(-1)
+    exact = torch.outer(vec, vec)
+
+    for name in ("paper", "baselines", "kfac-pytorch", "kfac-reduce"):
+        out = layer(x)
+        g = torch.autograd.grad(torch.log_softmax(out, -1)[0, action[0]], out)[0]
+        f = variants.get(name).factors(layer, x, g)
+        torch.testing.assert_close(torch.kron(f.G, f.A), exact)
+
+
+def test_linear_single_input_kron_equals_true_fisher_expectation_over_actions():
+    """Rows (x, a) for every action a weighted by √(|A|·p_a): G = diag(p) − ppᵀ exactly."""
+    torch.manual_seed(1)
+    layer = nn.Linear(5, 4)
+    x = torch.randn(1, 5)
+    p = torch.softmax(layer(x), -1).detach()[0]
+    xs = x.repeat(4, 1)
+    actions = torch.arange(4)
+    weight = torch.sqrt(4 * p).detach()
+
+    params = {k: v.detach() for k, v in layer.named_parameters()}
+
+    def logp(params, xi, ai):
+        return torch.log_softmax(functional_call(layer, params, (xi[None],)), -1)[0, ai]
+
+    per_action = [grad(logp)(params, x[0], a) for a in range(4)]
+    vecs = torch.stack(
+        [torch.cat([g["weight"], g["bias"][:, None]], dim=1).reshape(-1) for g in per_action]
+    )
+    exact = (p[:, None, None] * vecs[:, :, None] * vecs[:, None, :]).sum(0)
+
+    out = layer(xs)
+    loss = (weight * torch.log_softmax(out, -1)[actions, actions]).mean()
+    g = torch.autograd.grad(loss, out)[0]
+    f = variants.get("paper").factors(layer, xs, g)
+    torch.testing.assert_close(torch.kron(f.G, f.A), exact)
+
+
+# --------------------------------------------------------------------------------------------
+# trust region
+
+
+@pytest.mark.parametrize("rule", ["baselines", "acktr-paper", "notebook", "none"])
+def test_nu_matches_formula(rule):
+    cfg = dataclasses.replace(F64, trust_region=rule, kl_clip=0.002, max_nu=1.0)
+    kfac = KFAC(nn.Linear(2, 2), variants.get("paper"), cfg, lr=0.3)
+    for q in (1e-4, 0.5, 40.0):
+        nu = kfac._trust_region(torch.tensor(q), 0.3).item()
+        want = {
+            "baselines": min(1.0, math.sqrt(0.002 / (0.09 * q))),
+            "acktr-paper": min(1.0, math.sqrt(2 * 0.002 / (0.09 * q + 1e-6))),
+            "notebook": min(1.0, math.sqrt(0.002 / (0.5 * q + 1e-8))),
+            "none": 1.0,
+        }[rule]
+        assert nu == pytest.approx(want, rel=1e-12)
+
+
+def test_measured_kl_matches_predicted_for_small_step():
+    """Toy categorical policy, single input: K-FAC is the exact Fisher; measured KL ≈ ½(lrν)²q."""
+    torch.manual_seed(5)
+    layer = nn.Linear(6, 4)
+    x = torch.randn(1, 6)
+    cfg = dataclasses.replace(
+        F64, damping=1e-8, eigen_clip=0.0, momentum=0.0, trust_region="baselines", kl_clip=1e-5
+    )
+    kfac = KFAC(layer, variants.get("paper"), cfg, lr=0.5)
+    xs, actions = x.repeat(4, 1), torch.arange(4)
+    with kfac.fisher_pass() as fisher:
+        out = layer(xs)
+        p = torch.softmax(out, -1).detach()[0]
+        fisher.backward((torch.sqrt(4 * p) * torch.log_softmax(out, -1)[actions, actions]).mean())
+    old = torch.log_softmax(layer(x), -1).detach()
+    kfac.zero_grad()
+    advantages = torch.tensor([1.0, -0.5, 0.3, -0.8])
+    (-(advantages * torch.log_softmax(layer(xs), -1)[actions, actions]).mean()).backward()
+    info = kfac.step()
+    new = torch.log_softmax(layer(x), -1).detach()
+    measured = (old.exp() * (old - new)).sum().item()
+    assert info.nu.item() < 1.0  # the clip is active: lr²ν²q = δ
+    assert info.predicted_kl.item() == pytest.approx(0.5 * 1e-5, rel=1e-9)
+    assert measured == pytest.approx(info.predicted_kl.item(), rel=0.05)
+
+
+# --------------------------------------------------------------------------------------------
+# running averages
+
+
+def stats(k, n=3, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(n, n, generator=gen) for _ in range(k)]
+
+
+def test_running_average_first_batch_init():
+    s = stats(4)
+    avg = RunningAverage(0.9, InitRule("first"), torch.float64)
+    for x in s:
+        avg.update(x)
+    want = s[0]
+    for x in s[1:]:
+        want = 0.9 * want + 0.1 * x
+    torch.testing.assert_close(avg.value, want)
+
+
+def test_running_average_identity_init():
+    s = stats(3)
+    avg = RunningAverage(0.95, InitRule("identity"), torch.float64)
+    avg.update(s[0])
+    torch.testing.assert_close(avg.value, 0.95 * torch.eye(3) + 0.05 * s[0])
+    avg.update(s[1])
+    avg.update(s[2])
+    want = torch.eye(3)
+    for x in s:
+        want = 0.95 * want + 0.05 * x
+    torch.testing.assert_close(avg.value, want)
+
+
+def test_running_average_zeros_then_plain_average_then_ema():
+    s = stats(6)
+    avg = RunningAverage(0.99, InitRule("zeros-average", steps=4), torch.float64)
+    for x in s[:2]:
+        avg.update(x)
+    torch.testing.assert_close(avg.value, (s[0] + s[1]) / 4)  # partial sum / k, as baselines
+    for x in s[2:4]:
+        avg.update(x)
+    torch.testing.assert_close(avg.value, sum(s[:4]) / 4)
+    avg.update(s[4])
+    avg.update(s[5])
+    torch.testing.assert_close(
+        avg.value, 0.99 * (0.99 * sum(s[:4]) / 4 + 0.01 * s[4]) + 0.01 * s[5]
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# capture discipline, errors, scheduling, state
+
+
+def small_setup(cfg=F64, name="paper"):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 2))
+    return net, KFAC(net, variants.get(name), cfg, lr=0.1)
+
+
+def fisher_step(net, kfac, x):
+    with kfac.fisher_pass() as fisher:
+        out = net(x)
+        fisher.backward(torch.log_softmax(out, -1)[:, 0].mean())
+    kfac.zero_grad()
+    out.pow(2).mean().backward()
+    return kfac.step()
+
+
+def test_ordinary_backward_does_not_touch_statistics():
+    net, kfac = small_setup()
+    net(torch.randn(4, 3)).sum().backward()
+    assert all(layer.A.value is None for layer in kfac.layers.values())
+    assert not kfac.capture.inputs
+    fisher_step(net, kfac, torch.randn(4, 3))
+    snapshot = {n: (l.A.value.clone(), l.G.value.clone()) for n, l in kfac.layers.items()}
+    for _ in range(3):
+        net.zero_grad()
+        net(torch.randn(8, 3)).pow(2).sum().backward()
+    assert not kfac.capture.inputs and not kfac.capture.outputs
+    for n, layer in kfac.layers.items():
+        assert torch.equal(layer.A.value, snapshot[n][0]) and torch.equal(
+            layer.G.value, snapshot[n][1]
+        )
+        assert layer.A.count == 1
+
+
+def test_fisher_pass_leaves_parameter_grads_alone():
+    net, kfac = small_setup()
+    with kfac.fisher_pass() as fisher:
+        out = net(torch.randn(4, 3))
+        fisher.backward(out.sum())
+    assert all(p.grad is None for p in net.parameters())
+
+
+def test_unsupported_layers_are_reported():
+    net = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Linear(4, 2))
+    with pytest.raises(UnsupportedLayerError, match=r"1\.weight, 1\.bias"):
+        KFAC(net, variants.get("paper"), F64, lr=0.1)
+    kfac = KFAC(net, variants.get("paper"), dataclasses.replace(F64, unsupported="sgd"), lr=0.1)
+    before = net[1].weight.clone()
+    fisher_step(net, kfac, torch.randn(5, 3))
+    assert not torch.equal(before, net[1].weight)
+    with pytest.raises(UnsupportedLayerError, match="grouped"):
+        KFAC(nn.Conv2d(4, 4, 3, groups=2), variants.get("paper"), F64, lr=0.1)
+
+
+def test_non_finite_factors_raise():
+    net, kfac = small_setup()
+    with pytest.raises(KfacError, match="non-finite A factor in layer '0'"):
+        fisher_step(net, kfac, torch.tensor([[float("nan"), 0.0, 1.0]]))
+
+
+def test_step_without_statistics_raises():
+    net, kfac = small_setup()
+    net(torch.randn(2, 3)).sum().backward()
+    with pytest.raises(KfacError, match="before any Fisher pass"):
+        kfac.step()
+
+
+def test_inverse_and_stats_schedule():
+    cfg = dataclasses.replace(F64, inverse_every=3, stats_every=2)
+    net, kfac = small_setup(cfg)
+    inverted = []
+    for _ in range(7):
+        inverted.append(fisher_step(net, kfac, torch.randn(4, 3)).inverted)
+    assert inverted == [True, False, False, True, False, False, True]
+    assert kfac.stats_updates == 4  # updates 0, 2, 4, 6
+
+
+def test_cold_start_is_clipped_momentum_sgd():
+    cfg = dataclasses.replace(F64, cold_iters=2, cold_momentum=0.9)
+    net, kfac = small_setup(cfg)
+    kfac.cold_clip = 1e-3
+    before = [p.clone() for p in net.parameters()]
+    x = torch.randn(4, 3)
+    net.zero_grad()
+    net(x).pow(2).mean().backward()
+    raw_norm = torch.sqrt(sum((p.grad**2).sum() for p in net.parameters())).item()
+    info = fisher_step(net, kfac, x)
+    assert info.cold
+    moved = torch.sqrt(sum(((p - b) ** 2).sum() for p, b in zip(net.parameters(), before)))
+    # lr · clipped norm; clip_grad_norm_ scales by max_norm / (norm + 1e-6)
+    assert moved.item() == pytest.approx(0.1 * raw_norm * 1e-3 / (raw_norm + 1e-6), rel=1e-9)
+    assert fisher_step(net, kfac, torch.randn(4, 3)).cold
+    assert not fisher_step(net, kfac, torch.randn(4, 3)).cold
+    assert kfac.stats_updates == 3  # statistics accumulate during the cold start
+
+
+def test_state_dict_round_trip_continues_identically():
+    net_a, kfac_a = small_setup()
+    data = [torch.randn(4, 3) for _ in range(5)]
+    for x in data[:3]:
+        fisher_step(net_a, kfac_a, x)
+    state_net, state_opt = net_a.state_dict(), kfac_a.state_dict()
+    net_b, kfac_b = small_setup()
+    net_b.load_state_dict(state_net)
+    kfac_b.load_state_dict(state_opt)
+    for x in data[3:]:
+        fisher_step(net_a, kfac_a, x)
+        fisher_step(net_b, kfac_b, x)
+    for pa, pb in zip(net_a.parameters(), net_b.parameters()):
+        assert torch.equal(pa, pb)
+
+
+def test_float32_factors_by_default():
+    torch.manual_seed(0)
+    net = nn.Linear(3, 2).float()
+    kfac = KFAC(net, variants.get("paper"), KfacConfig(), lr=0.1)
+    with kfac.fisher_pass() as fisher:
+        out = net(torch.randn(4, 3, dtype=torch.float32))
+        fisher.backward(out.sum())
+    assert kfac.layers["Linear"].A.value.dtype == torch.float32
