@@ -40,6 +40,7 @@ class Preset:
 # Per-family base layer: the network and batch shape that suit the observation type.
 FAMILY_BASE: dict[EnvFamily, dict[str, Any]] = {
     "classic": {
+        "torch_threads": 1,
         "policy.arch": "mlp",
         "policy.activation": "tanh",
         "rollout.n_envs": 16,
@@ -47,6 +48,7 @@ FAMILY_BASE: dict[EnvFamily, dict[str, Any]] = {
         "total_steps": 100_000,
     },
     "generic": {
+        "torch_threads": 1,
         "policy.arch": "mlp",
         "policy.activation": "tanh",
         "rollout.n_envs": 16,
@@ -54,6 +56,7 @@ FAMILY_BASE: dict[EnvFamily, dict[str, Any]] = {
         "total_steps": 100_000,
     },
     "minatar": {
+        "torch_threads": 1,
         "policy.arch": "minatar-cnn",
         "policy.activation": "relu",
         "rollout.n_envs": 16,

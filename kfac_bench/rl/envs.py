@@ -131,6 +131,12 @@ class VecEnv(ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the environments."""
 
+    def __enter__(self) -> VecEnv:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.env_id!r}, num_envs={self.num_envs})"
 
@@ -140,30 +146,40 @@ class VecEnv(ABC):
 
 
 @functools.cache
-def _register_all() -> None:
-    """Register MinAtar and ALE ids with gymnasium (idempotent)."""
-    try:
-        import ale_py
+def _register_ale() -> None:
+    import ale_py
 
-        gym.register_envs(ale_py)
-    except ImportError:  # pragma: no cover - ale-py is a hard dependency
-        pass
-    try:
-        import minatar.gym
+    gym.register_envs(ale_py)
 
-        if "MinAtar/Breakout-v1" not in gym.registry:
-            minatar.gym.register_envs()
-    except ImportError:  # pragma: no cover - minatar is a hard dependency
-        pass
+
+@functools.cache
+def _register_minatar() -> None:
+    import minatar.gym  # imports seaborn (~1 s), hence only when a MinAtar id is asked for
+
+    if "MinAtar/Breakout-v1" not in gym.registry:
+        minatar.gym.register_envs()
 
 
 def _spec(env_id: str) -> gym.envs.registration.EnvSpec:
-    _register_all()
+    """The registry entry; MinAtar and ALE ids are registered on first need (idempotent)."""
+    family = env_family(env_id)
+    if family == "atari":
+        _register_ale()
+    elif family == "minatar":
+        _register_minatar()
+    if env_id not in gym.registry:  # register everything so that close matches can be offered
+        _register_ale()
+        _register_minatar()
     if env_id in gym.registry:
         return gym.registry[env_id]
     close = difflib.get_close_matches(env_id, list(gym.registry), n=3, cutoff=0.6)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
     raise EnvError(f"unknown environment id {env_id!r}{hint}")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
 @functools.cache
@@ -172,10 +188,9 @@ def _spaces(env_id: str) -> tuple[gym.Space, gym.Space]:
     try:
         env = gym.make(env_id, disable_env_checker=True)
     except gym.error.DependencyNotInstalled as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise EnvError(f"{env_id}: a dependency is missing: {first}") from exc
+        raise EnvError(f"{env_id}: a dependency is missing: {_first_line(exc)}") from exc
     except Exception as exc:
-        raise EnvError(f"{env_id}: could not be created ({type(exc).__name__}: {exc})") from exc
+        raise EnvError(f"{env_id}: could not be created ({_first_line(exc)})") from exc
     try:
         return env.observation_space, env.action_space
     finally:
@@ -353,10 +368,11 @@ class GymLoopVecEnv(VecEnv):
     def __init__(self, env_id: str, num_envs: int, *, render: bool = False) -> None:
         super().__init__(env_id, num_envs)
         self._envs = [
+            # render_mode only where asked: not every env accepts the keyword.
             gym.make(
                 env_id,
                 disable_env_checker=True,
-                render_mode="rgb_array" if i == 0 and render else None,
+                **({"render_mode": "rgb_array"} if i == 0 and render else {}),
             )
             for i in range(num_envs)
         ]
@@ -458,7 +474,7 @@ class MinAtarVecEnv(VecEnv):
         for i, game in enumerate(self._games):
             reward[i], terminated[i] = game.act(int(game_actions[i]))
             if terminated[i]:
-                final_states[i] = game.state()
+                final_states[i] = np.array(game.state(), dtype=bool)
                 game.reset()
             states[i] = game.state()
         truncated = np.zeros(n, dtype=bool)

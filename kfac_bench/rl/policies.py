@@ -70,7 +70,7 @@ def resolve_arch(obs_shape: tuple[int, ...], config: PolicyConfig) -> str:
 
 
 def _trunk(obs_shape: tuple[int, ...], arch: str, config: PolicyConfig) -> nn.Sequential:
-    """The feature extractor (without heads); its last module is an activation."""
+    """The feature extractor without heads: (B, *obs_shape) -> (B, features)."""
     if arch == "mlp":
         act = _ACTIVATIONS[config.activation]
         layers: list[nn.Module] = [] if len(obs_shape) == 1 else [nn.Flatten()]
@@ -179,7 +179,7 @@ class ActorCritic(nn.Module):
             self.v = head(feat, 1, VALUE_GAIN)
 
     def _prepare(self, obs: torch.Tensor) -> torch.Tensor:
-        dtype = self.pi.weight.dtype if not self.separate_critic else self.actor.pi.weight.dtype
+        dtype = (self.actor.pi if self.separate_critic else self.pi).weight.dtype
         if obs.dtype == torch.uint8:
             return obs.to(dtype) / 255.0
         return obs.to(dtype)

@@ -1,0 +1,469 @@
+"""One ACKTR trainer for every variant, with the first-order control A2C through the same loop.
+
+Lifecycle of one update (DESIGN.md §4), the same for every variant — the loop never looks at the
+variant's name:
+
+    collect n_steps × n_envs transitions  ->  returns (n-step or GAE)
+    -> Fisher pass: mean log π(a_t) + vf_fisher_coef · mean((v − stopgrad(v + ε))²), ε ~ N(0, 1)
+       (openai/baselines ``baselines/acktr/acktr.py`` lines 36, 48-51)
+    -> training loss backward:  −mean(Â·log π(a)) + vf_coef·value_loss − ent_coef·H
+    -> optimiser step (K-FAC trust-region step, or RMSprop for ``optim.algo = "a2c"``)
+    -> log (updates.csv every ``log.update_every`` updates), checkpoint
+
+``train(config, run_dir)`` owns the run directory (store.py): it starts a run, resumes an
+unfinished one from ``checkpoint.pt`` (cutting the CSVs back to the checkpoint's step; episodes in
+progress at the checkpoint are discarded and the envs reset with a seed derived from the update),
+or does nothing for a finished one. Divergence (non-finite loss, factor or parameter) ends the run
+with state ``diverged`` and the reason; any other exception is recorded as ``failed`` and re-raised.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import variants
+from kfac_bench import config as config_mod
+from kfac_bench import store
+from kfac_bench.config import RunConfig
+from kfac_bench.curvature import KFAC, KfacError
+from kfac_bench.rl.envs import VecEnv, make_env
+from kfac_bench.rl.policies import ActorCritic, build_policy
+from kfac_bench.rl.returns import gae_advantages, nstep_returns
+
+
+class Diverged(RuntimeError):
+    """Training produced a non-finite loss, factor or parameter."""
+
+
+@dataclass
+class Progress:
+    """What a progress display gets after every update."""
+
+    steps: int
+    total_steps: int
+    fps: float
+    recent_return: float  # mean of the last 20 finished episodes (nan before the first)
+    episodes: int
+
+
+@dataclass
+class RunResult:
+    state: str  # done | diverged | already-done
+    steps: int
+    error: str | None = None
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+# ---------------------------------------------------------------------------------------------
+# small pieces of the loop
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda requested but torch.cuda.is_available() is False")
+    return torch.device(name)
+
+
+def sample_actions(logits: torch.Tensor) -> torch.Tensor:
+    """Categorical sample by the Gumbel-max trick (one kernel; uses the torch RNG)."""
+    uniform = torch.rand_like(logits).clamp_(1e-12, 1.0)
+    return torch.argmax(logits - torch.log(-torch.log(uniform)), dim=-1)
+
+
+def fisher_loss(logits, values, actions, vf_fisher_coef: float, include_value: bool):
+    """mean log π(a) [+ vf_fisher_coef · mean((v − stopgrad(v + ε))²)]: per-example derivatives
+    are onehot(a) − p at the logits and 2ε·coef... at the value (its sign is irrelevant to G)."""
+    log_probs = F.log_softmax(logits, dim=-1).gather(1, actions[:, None]).squeeze(1)
+    loss = log_probs.mean()
+    if include_value and vf_fisher_coef:
+        noisy = (values + torch.randn_like(values)).detach()
+        loss = loss - vf_fisher_coef * (values - noisy).pow(2).mean()
+    return loss
+
+
+def lr_at(config: RunConfig, steps_done: int) -> float:
+    """Scheduled lr (openai/baselines Scheduler: linear decay per env step)."""
+    if config.optim.lr_schedule == "linear":
+        return config.optim.lr * max(0.0, 1.0 - steps_done / config.total_steps)
+    return config.optim.lr
+
+
+class Rollout:
+    """Preallocated (T, N, ...) buffers for one batch."""
+
+    def __init__(self, t: int, n: int, obs_shape, obs_dtype: torch.dtype, device: torch.device):
+        self.obs = torch.zeros((t, n, *obs_shape), dtype=obs_dtype, device=device)
+        self.actions = torch.zeros((t, n), dtype=torch.long, device=device)
+        self.rewards = torch.zeros((t, n), device=device)
+        self.values = torch.zeros((t, n), device=device)
+        self.terminated = torch.zeros((t, n), dtype=torch.bool, device=device)
+        self.truncated = torch.zeros((t, n), dtype=torch.bool, device=device)
+        self.final_values = torch.zeros((t, n), device=device)
+        self.truncated_obs: list[tuple[int, int, np.ndarray]] = []  # (t, env, final_obs)
+
+
+# ---------------------------------------------------------------------------------------------
+# the trainer
+
+
+class Trainer:
+    """Holds the run's objects; ``run`` is the loop. Built fresh or from a checkpoint."""
+
+    def __init__(self, config: RunConfig, run_dir: Path):
+        self.config = config
+        self.run_dir = run_dir
+        self.device = resolve_device(config.device)
+        if config.torch_threads > 0:
+            torch.set_num_threads(config.torch_threads)
+        torch.manual_seed(config.seed)
+
+        self.env: VecEnv = make_env(config.env, config.rollout.n_envs, training=True, atari=config.atari)
+        separate = config.optim.critic == "separate-adam"
+        self.policy: ActorCritic = build_policy(
+            self.env.obs_shape, self.env.num_actions, config.policy, separate_critic=separate
+        ).to(self.device)
+
+        self.kfac: KFAC | None = None
+        self.critic_optimizer: torch.optim.Optimizer | None = None
+        if config.optim.algo == "acktr":
+            self.kfac = KFAC(
+                self.policy.kfac_module(),
+                variants.get(config.variant),
+                config.kfac,
+                lr=config.optim.lr,
+                cold_clip=config.optim.max_grad_norm,
+            )
+            self.optimizer: torch.optim.Optimizer = self.kfac
+            if separate:
+                self.critic_optimizer = torch.optim.Adam(
+                    self.policy.critic_parameters(), lr=config.optim.critic_lr
+                )
+        else:
+            self.optimizer = torch.optim.RMSprop(
+                self.policy.parameters(),
+                lr=config.optim.lr,
+                alpha=config.optim.rmsprop_alpha,
+                eps=config.optim.rmsprop_eps,
+            )
+
+        self.steps = 0
+        self.updates = 0
+        self.resets = 0  # env resets (1 + resumes): seeds the envs deterministically
+        self.wall_offset = 0.0  # wall time of earlier sessions of this run
+
+    # --- checkpoint ---------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "policy": self.policy.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "critic_optimizer": self.critic_optimizer and self.critic_optimizer.state_dict(),
+            "steps": self.steps,
+            "updates": self.updates,
+            "resets": self.resets,
+            "wall_time": self.wall_offset,
+            "torch_rng": torch.get_rng_state(),
+            "config": config_mod.to_dict(self.config),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.policy.load_state_dict(state["policy"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.critic_optimizer is not None:
+            self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+        self.steps, self.updates = int(state["steps"]), int(state["updates"])
+        self.resets = int(state["resets"])
+        self.wall_offset = float(state["wall_time"])
+        torch.set_rng_state(state["torch_rng"])
+
+    # --- one batch ------------------------------------------------------------------------------
+    def obs_tensor(self, obs: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(obs, device=self.device)
+
+    @torch.no_grad()
+    def collect(self, rollout: Rollout, obs: torch.Tensor, on_episode) -> torch.Tensor:
+        """Fill ``rollout`` with T steps from ``obs``; returns the observation after the last."""
+        rollout.truncated_obs.clear()
+        n = self.config.rollout.n_envs
+        for t in range(self.config.rollout.n_steps):
+            logits, values = self.policy(obs)
+            actions = sample_actions(logits)
+            step = self.env.step(actions.cpu().numpy())
+            self.steps += n
+            rollout.obs[t] = obs
+            rollout.actions[t] = actions
+            rollout.values[t] = values
+            rollout.rewards[t] = torch.as_tensor(step.reward, device=self.device)
+            rollout.terminated[t] = torch.as_tensor(step.terminated, device=self.device)
+            rollout.truncated[t] = torch.as_tensor(step.truncated, device=self.device)
+            for env_index in np.flatnonzero(step.truncated & ~step.terminated):
+                rollout.truncated_obs.append((t, int(env_index), step.final_obs[env_index]))
+            for episode in step.finished:
+                on_episode(episode)
+            obs = self.obs_tensor(step.obs)
+        if rollout.truncated_obs:
+            final = self.obs_tensor(np.stack([o for _, _, o in rollout.truncated_obs]))
+            _, final_values = self.policy(final)
+            rollout.final_values.zero_()
+            for (t, env_index, _), value in zip(rollout.truncated_obs, final_values):
+                rollout.final_values[t, env_index] = value
+        return obs
+
+    def returns(self, rollout: Rollout, last_obs: torch.Tensor):
+        with torch.no_grad():
+            _, last_value = self.policy(last_obs)
+        r = self.config.rollout
+        args = (rollout.terminated, rollout.truncated, rollout.final_values, last_value, r.gamma)
+        if r.gae_lambda is None:
+            returns = nstep_returns(rollout.rewards, *args)
+            advantages = returns - rollout.values
+        else:
+            advantages, returns = gae_advantages(
+                rollout.rewards, rollout.values, *args, lam=r.gae_lambda
+            )
+        return advantages.reshape(-1), returns.reshape(-1)
+
+    def update(self, rollout: Rollout, advantages: torch.Tensor, returns: torch.Tensor, log: bool):
+        """Fisher pass, training loss, optimiser step. Returns the metrics dict (tensors)."""
+        c = self.config
+        obs = rollout.obs.reshape(-1, *rollout.obs.shape[2:])
+        actions = rollout.actions.reshape(-1)
+        if c.rollout.normalize_advantages:
+            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        lr = lr_at(c, self.steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+        if self.kfac is not None:
+            with self.kfac.fisher_pass() as fisher:
+                logits, values = self.policy(obs)
+                fisher.backward(
+                    fisher_loss(
+                        logits, values, actions, c.loss.vf_fisher_coef, c.optim.critic == "shared"
+                    )
+                )
+        else:
+            logits, values = self.policy(obs)
+
+        log_probs_all = F.log_softmax(logits, dim=-1)
+        log_probs = log_probs_all.gather(1, actions[:, None]).squeeze(1)
+        entropy = -(log_probs_all.exp() * log_probs_all).sum(-1).mean()
+        policy_loss = -(advantages.detach() * log_probs).mean()
+        value_loss = (values - returns).pow(2).mean()
+        if c.loss.value_loss == "half-mse":
+            value_loss = 0.5 * value_loss
+        loss = policy_loss + c.loss.vf_coef * value_loss - c.loss.ent_coef * entropy
+        if not torch.isfinite(loss):
+            raise Diverged(f"non-finite loss at update {self.updates + 1}")
+
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.critic_optimizer is not None:
+            self.critic_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.sqrt(
+            sum(p.grad.pow(2).sum() for p in self.policy.parameters() if p.grad is not None)
+        )
+        metrics: dict[str, torch.Tensor | float | None] = {
+            "policy_loss": policy_loss.detach(),
+            "value_loss": value_loss.detach(),
+            "entropy": entropy.detach(),
+            "grad_norm": grad_norm,
+            "lr": lr,
+            "kl": None,
+            "predicted_kl": None,
+            "nu": None,
+        }
+        if self.kfac is not None:
+            info = self.kfac.step()
+            metrics.update(nu=info.nu, predicted_kl=info.predicted_kl)
+            if self.critic_optimizer is not None:
+                self.critic_optimizer.step()
+        else:
+            if c.optim.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(self.policy.parameters(), c.optim.max_grad_norm)
+            self.optimizer.step()
+        self.updates += 1
+
+        if log:
+            with torch.no_grad():
+                new_logits, _ = self.policy(obs)
+                old = log_probs_all.detach()
+                new = F.log_softmax(new_logits, dim=-1)
+                if self.kfac is not None:
+                    metrics["kl"] = (old.exp() * (old - new)).sum(-1).mean()
+        return metrics
+
+    def check_parameters(self) -> None:
+        finite = torch.stack([p.isfinite().all() for p in self.policy.parameters()]).all()
+        if not bool(finite):
+            raise Diverged(f"non-finite parameters after update {self.updates}")
+
+    # --- the loop -----------------------------------------------------------------------------
+    def run(self, on_progress: ProgressCallback | None = None) -> RunResult:
+        c = self.config
+        episodes_log = store.CsvLog(self.run_dir / "episodes.csv", store.EPISODE_COLUMNS)
+        diag_columns = self._diagnostic_columns()
+        updates_log = store.CsvLog(
+            self.run_dir / "updates.csv", store.UPDATE_COLUMNS + diag_columns
+        )
+        start = time.perf_counter()
+        recent = collections.deque(maxlen=20)
+        pending_episodes: list[dict] = []
+        episode_count = 0
+
+        def wall() -> float:
+            return self.wall_offset + time.perf_counter() - start
+
+        def on_episode(episode) -> None:
+            nonlocal episode_count
+            recent.append(episode.ret)
+            episode_count += 1
+            pending_episodes.append(
+                {"step": self.steps, "wall_time": round(wall(), 3), "return": episode.ret,
+                 "length": episode.length}
+            )
+
+        obs_dtype = torch.uint8 if self.env.obs_dtype == np.uint8 else torch.float32
+        rollout = Rollout(c.rollout.n_steps, c.rollout.n_envs, self.env.obs_shape, obs_dtype, self.device)
+        obs = self.obs_tensor(self.env.reset(seed=c.seed + 1_000_003 * self.resets))
+        self.resets += 1
+        last_time, last_steps = time.perf_counter(), self.steps
+        fps = 0.0
+        try:
+            while self.steps < c.total_steps:
+                obs = self.collect(rollout, obs, on_episode)
+                advantages, returns = self.returns(rollout, obs)
+                log_now = (self.updates + 1) % c.log.update_every == 0
+                try:
+                    metrics = self.update(rollout, advantages, returns, log=log_now)
+                except KfacError as error:
+                    raise Diverged(str(error)) from error
+                episodes_log.write(pending_episodes)
+                pending_episodes.clear()
+
+                now = time.perf_counter()
+                if now - last_time > 0:
+                    fps = (self.steps - last_steps) / (now - last_time)
+                if log_now:
+                    last_time, last_steps = now, self.steps
+                    self.check_parameters()
+                    updates_log.write([self._row(metrics, fps, wall())])
+                if self.updates % c.log.checkpoint_every == 0:
+                    self.checkpoint(wall())
+                if on_progress is not None:
+                    mean_recent = float(np.mean(recent)) if recent else math.nan
+                    on_progress(Progress(self.steps, c.total_steps, fps, mean_recent, episode_count))
+        except Diverged as error:
+            episodes_log.write(pending_episodes)
+            self.write_status("diverged", wall(), str(error))
+            return RunResult("diverged", self.steps, str(error))
+        finally:
+            episodes_log.close()
+            updates_log.close()
+            self.env.close()
+        self.checkpoint(wall())
+        self.write_status("done", wall())
+        return RunResult("done", self.steps)
+
+    def _diagnostic_columns(self) -> list[str]:
+        if self.kfac is None or not self.config.log.diagnostics:
+            return []
+        keys = ("A_trace", "G_trace", "A_cond", "G_cond", "A_clipped", "G_clipped")
+        return [f"diag/{name}/{k}" for name in self.kfac.layers for k in keys]
+
+    def _row(self, metrics: dict, fps: float, wall_time: float) -> dict:
+        row = {"step": self.steps, "wall_time": round(wall_time, 3), "update": self.updates,
+               "fps": round(fps, 1)}
+        tensors = {k: v for k, v in metrics.items() if isinstance(v, torch.Tensor)}
+        if tensors:
+            values = torch.stack([v.detach().float().cpu() for v in tensors.values()]).tolist()
+            row.update(zip(tensors, values))
+        row.update({k: v for k, v in metrics.items() if not isinstance(v, torch.Tensor)})
+        if self.kfac is not None and self.config.log.diagnostics:
+            row.update(self.kfac.diagnostics())
+        return row
+
+    def checkpoint(self, wall_time: float) -> None:
+        state = self.state_dict()
+        state["wall_time"] = wall_time
+        store.save_torch(self.run_dir / "checkpoint.pt", state)
+        self.write_status("running", wall_time)
+
+    def write_status(self, state: str, wall_time: float, error: str | None = None) -> None:
+        store.write_json(
+            self.run_dir / "status.json",
+            {"state": state, "steps": self.steps, "error": error, "wall_time": round(wall_time, 3)},
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# entry point used by the CLI and the sweep runner
+
+
+def config_record(config: RunConfig, axes: dict | None = None) -> dict:
+    """config.json: top-level label, variant, env, seed, preset, axes, then config + provenance."""
+    return {
+        "label": config.label,
+        "variant": config.variant,
+        "env": config.env,
+        "seed": config.seed,
+        "preset": config.preset,
+        "axes": dict(axes or {}),
+        **{key: value for key, value in (axes or {}).items()},
+        "config": config_mod.to_dict(config),
+        "provenance": store.provenance(str(resolve_device(config.device))),
+    }
+
+
+def train(
+    config: RunConfig,
+    run_dir: Path,
+    *,
+    axes: dict | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> RunResult:
+    """Run (or resume, or skip) one training run in ``run_dir``. See the module docstring."""
+    run_dir = Path(run_dir)
+    status_path = run_dir / "status.json"
+    checkpoint_path = run_dir / "checkpoint.pt"
+    if status_path.exists():
+        status = store.read_json(status_path)
+        if status.get("state") in ("done", "diverged"):
+            return RunResult(f"already-{status['state']}", int(status.get("steps", 0)), status.get("error"))
+    if (run_dir / "config.json").exists():
+        saved = store.read_json(run_dir / "config.json")["config"]
+        if saved != config_mod.to_dict(config):
+            raise ValueError(
+                f"{run_dir} holds a run with a different config; choose another --out directory"
+            )
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    trainer = Trainer(config, run_dir)
+    if checkpoint_path.exists():
+        trainer.load_state_dict(store.load_checkpoint(checkpoint_path))
+        store.truncate_csv(run_dir / "episodes.csv", trainer.steps)
+        store.truncate_csv(run_dir / "updates.csv", trainer.steps)
+    else:
+        for name in ("episodes.csv", "updates.csv"):
+            (run_dir / name).unlink(missing_ok=True)
+        store.write_json(run_dir / "config.json", config_record(config, axes))
+    trainer.write_status("running", trainer.wall_offset)
+    try:
+        return trainer.run(on_progress)
+    except KeyboardInterrupt:
+        raise
+    except Exception as error:
+        trainer.write_status("failed", trainer.wall_offset, f"{type(error).__name__}: {error}")
+        raise
