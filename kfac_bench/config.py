@@ -95,6 +95,7 @@ class PolicyConfig:
     arch: Literal["auto", "mlp", "minatar-cnn", "nature-cnn"] = "auto"
     hidden: tuple[int, ...] = (64, 64)
     activation: Literal["tanh", "relu"] = "tanh"
+    shared_trunk: bool = True  # False: separate actor and critic networks (stable-baselines MLP)
 
 
 @dataclass(frozen=True)

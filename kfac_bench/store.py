@@ -64,10 +64,21 @@ def run_name(label: str, env_id: str, seed: int, axes: dict[str, Any] | None = N
     return "__".join(parts)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same directory, fsync, then rename over ``path``."""
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def _temp_file(path: Path) -> tuple[int, str]:
+    """A temp file beside ``path`` with ordinary permissions (mkstemp would give 0600)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(tmp, 0o666 & ~_UMASK)
+    return fd, tmp
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temp file in the same directory, fsync, then rename over ``path``."""
+    fd, tmp = _temp_file(path)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -88,7 +99,8 @@ def read_json(path: Path) -> Any:
 
 
 def save_torch(path: Path, obj: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """torch.save through a temp file and a rename (a kill never leaves a torn checkpoint)."""
+    fd, tmp = _temp_file(path)
     os.close(fd)
     try:
         torch.save(obj, tmp)

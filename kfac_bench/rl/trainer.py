@@ -133,14 +133,17 @@ class Trainer:
         self.env: VecEnv = make_env(config.env, config.rollout.n_envs, training=True, atari=config.atari)
         separate = config.optim.critic == "separate-adam"
         self.policy: ActorCritic = build_policy(
-            self.env.obs_shape, self.env.num_actions, config.policy, separate_critic=separate
+            self.env.obs_shape,
+            self.env.num_actions,
+            config.policy,
+            separate_critic=separate or not config.policy.shared_trunk,
         ).to(self.device)
 
         self.kfac: KFAC | None = None
         self.critic_optimizer: torch.optim.Optimizer | None = None
         if config.optim.algo == "acktr":
             self.kfac = KFAC(
-                self.policy.kfac_module(),
+                self.policy.kfac_module() if separate else self.policy,
                 variants.get(config.variant),
                 config.kfac,
                 lr=config.optim.lr,
@@ -449,21 +452,28 @@ def train(
                 f"{run_dir} holds a run with a different config; choose another --out directory"
             )
     run_dir.mkdir(parents=True, exist_ok=True)
-
-    trainer = Trainer(config, run_dir)
-    if checkpoint_path.exists():
-        trainer.load_state_dict(store.load_checkpoint(checkpoint_path))
-        store.truncate_csv(run_dir / "episodes.csv", trainer.steps)
-        store.truncate_csv(run_dir / "updates.csv", trainer.steps)
-    else:
+    resuming = checkpoint_path.exists()
+    if not resuming:
         for name in ("episodes.csv", "updates.csv"):
             (run_dir / name).unlink(missing_ok=True)
         store.write_json(run_dir / "config.json", config_record(config, axes))
-    trainer.write_status("running", trainer.wall_offset)
+    trainer: Trainer | None = None
     try:
+        trainer = Trainer(config, run_dir)
+        if resuming:
+            trainer.load_state_dict(store.load_checkpoint(checkpoint_path))
+            store.truncate_csv(run_dir / "episodes.csv", trainer.steps)
+            store.truncate_csv(run_dir / "updates.csv", trainer.steps)
+        trainer.write_status("running", trainer.wall_offset)
         return trainer.run(on_progress)
     except KeyboardInterrupt:
         raise
     except Exception as error:
-        trainer.write_status("failed", trainer.wall_offset, f"{type(error).__name__}: {error}")
+        steps = trainer.steps if trainer is not None else 0
+        wall_time = trainer.wall_offset if trainer is not None else 0.0
+        store.write_json(
+            status_path,
+            {"state": "failed", "steps": steps, "error": f"{type(error).__name__}: {error}",
+             "wall_time": wall_time},
+        )
         raise

@@ -1,0 +1,100 @@
+"""``kfac-bench play RUN_DIR``: evaluate a saved policy on raw full-game scores; optional GIF.
+
+The checkpoint is loaded with ``torch.load(weights_only=True)`` (no arbitrary pickle). Evaluation
+uses the training protocol without its training-only parts (no reward clipping, no episodic life)
+and samples actions from the policy (``--greedy`` takes the arg-max instead).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", type=Path, help="a run directory holding checkpoint.pt")
+    parser.add_argument("--episodes", type=int, default=5, help="episodes to play (default 5)")
+    parser.add_argument("--gif", type=Path, default=None, help="write the first episode as a GIF")
+    parser.add_argument("--greedy", action="store_true", help="arg-max actions instead of sampling")
+    parser.add_argument("--seed", type=int, default=12345)
+    parser.add_argument("--max-steps", type=int, default=27_000, help="cap per episode (agent steps)")
+    parser.add_argument("--fps", type=int, default=30, help="GIF frame rate")
+
+
+def run(args: argparse.Namespace) -> int:
+    from kfac_bench import store
+    from kfac_bench.config import from_dict
+    from kfac_bench.rl.envs import make_env
+    from kfac_bench.rl.policies import build_policy
+
+    checkpoint_path = args.run_dir / "checkpoint.pt"
+    if not checkpoint_path.exists():
+        raise FileNotFoundError(f"no checkpoint.pt in {args.run_dir}")
+    if args.episodes < 1:
+        raise ValueError("--episodes must be at least 1")
+    state = store.load_checkpoint(checkpoint_path)
+    try:
+        config = from_dict(state["config"])
+    except (KeyError, TypeError) as error:
+        raise ValueError(f"{checkpoint_path} is not a kfac-bench checkpoint ({error})") from error
+
+    torch.manual_seed(args.seed)
+    env = make_env(config.env, 1, training=False, atari=config.atari, render=args.gif is not None)
+    policy = build_policy(
+        env.obs_shape,
+        env.num_actions,
+        config.policy,
+        separate_critic=config.optim.critic == "separate-adam",
+    )
+    policy.load_state_dict(state["policy"])
+    policy.eval()
+
+    frames: list[np.ndarray] = []
+    returns = []
+    obs = env.reset(seed=args.seed)
+    for episode in range(args.episodes):
+        for _ in range(args.max_steps):
+            if args.gif is not None and episode == 0:
+                frames.append(env.render())
+            with torch.no_grad():
+                logits, _ = policy(torch.as_tensor(obs))
+            if args.greedy:
+                action = logits.argmax(-1)
+            else:
+                action = torch.distributions.Categorical(logits=logits).sample()
+            step = env.step(action.numpy())
+            obs = step.obs
+            if step.finished:
+                returns.append(step.finished[0].ret)
+                print(f"episode {episode + 1}: return {step.finished[0].ret:g}, "
+                      f"length {step.finished[0].length}")
+                break
+        else:
+            print(f"episode {episode + 1}: stopped at --max-steps {args.max_steps} (not finished)")
+    env.close()
+    if returns:
+        print(f"mean return over {len(returns)} episodes: {np.mean(returns):.2f} "
+              f"(± {np.std(returns):.2f}), policy at {state['steps']} steps")
+    if args.gif is not None and frames:
+        write_gif(frames, args.gif, args.fps)
+        print(f"wrote {args.gif} ({len(frames)} frames)")
+    return 0
+
+
+def write_gif(frames: list[np.ndarray], path: Path, fps: int) -> None:
+    """Animated GIF via Pillow, written atomically."""
+    import io
+
+    from PIL import Image
+
+    from kfac_bench.store import write_atomic
+
+    images = [Image.fromarray(np.asarray(f, dtype=np.uint8)) for f in frames]
+    buffer = io.BytesIO()
+    images[0].save(
+        buffer, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0
+    )
+    write_atomic(path, buffer.getvalue())
