@@ -325,7 +325,7 @@ def test_ordinary_backward_does_not_touch_statistics():
     assert all(layer.A.value is None for layer in kfac.layers.values())
     assert not kfac.capture.inputs
     fisher_step(net, kfac, torch.randn(4, 3))
-    snapshot = {n: (l.A.value.clone(), l.G.value.clone()) for n, l in kfac.layers.items()}
+    snapshot = {n: (s.A.value.clone(), s.G.value.clone()) for n, s in kfac.layers.items()}
     for _ in range(3):
         net.zero_grad()
         net(torch.randn(8, 3)).pow(2).sum().backward()

@@ -103,7 +103,10 @@ def test_same_seed_gives_identical_episodes(tmp_path):
     for name in ("a", "b"):
         result = trainer_mod.train(tiny_config(), tmp_path / name)
         assert result.state == "done"
-    a, b = episode_columns(tmp_path / "a/episodes.csv"), episode_columns(tmp_path / "b/episodes.csv")
+    a, b = (
+        episode_columns(tmp_path / "a/episodes.csv"),
+        episode_columns(tmp_path / "b/episodes.csv"),
+    )
     assert len(a) > 10
     assert a == b  # step, return and length byte-identical; only wall_time differs
     ua = [(r["update"], r["policy_loss"], r["nu"]) for r in read_rows(tmp_path / "a/updates.csv")]
@@ -203,7 +206,9 @@ def cli(*args, timeout=240):
 )
 def test_cli_trains_and_leaves_a_valid_run_directory(tmp_path, env, steps, extra):
     out = tmp_path / "run"
-    proc = cli("train", "--env", env, "--steps", str(steps), "--out", str(out), "--no-progress", *extra)
+    proc = cli(
+        "train", "--env", env, "--steps", str(steps), "--out", str(out), "--no-progress", *extra
+    )
     assert proc.returncode == 0, proc.stderr
     status = json.loads((out / "status.json").read_text())
     assert status["state"] == "done" and status["steps"] >= steps
@@ -215,13 +220,20 @@ def test_cli_trains_and_leaves_a_valid_run_directory(tmp_path, env, steps, extra
     ]  # fmt: skip
     assert (out / "episodes.csv").read_text().startswith("step,wall_time,return,length")
     assert json.loads((out / "config.json").read_text())["env"] == env
-    again = cli("train", "--env", env, "--steps", str(steps), "--out", str(out), "--no-progress", *extra)
+    again = cli(
+        "train", "--env", env, "--steps", str(steps), "--out", str(out), "--no-progress", *extra
+    )
     assert again.returncode == 0 and "already finished" in again.stdout
 
 
 def test_cli_play_writes_a_gif(tmp_path):
     out = tmp_path / "run"
-    assert cli("train", "--env", "CartPole-v1", "--steps", "512", "--out", str(out), "--no-progress").returncode == 0
+    assert (
+        cli(
+            "train", "--env", "CartPole-v1", "--steps", "512", "--out", str(out), "--no-progress"
+        ).returncode
+        == 0
+    )
     proc = cli("play", str(out), "--episodes", "1", "--gif", str(tmp_path / "ep.gif"))
     assert proc.returncode == 0, proc.stderr
     assert "episode 1: return" in proc.stdout
@@ -233,9 +245,18 @@ def test_cli_play_writes_a_gif(tmp_path):
     [
         (["--env", "CartPol-v1"], "CartPol-v1"),
         (["--env", "Pendulum-v1"], "Box action space"),
-        (["--env", "CartPole-v1", "--variant", "nope"], "unknown variant 'nope'; valid variants: paper"),
-        (["--env", "CartPole-v1", "--set", "kfac.dampnig=0.1"], "unknown config key 'kfac.dampnig'"),
-        (["--env", "CartPole-v1", "--set", "kfac.damping=abc"], "kfac.damping: 'abc' has the wrong type"),
+        (
+            ["--env", "CartPole-v1", "--variant", "nope"],
+            "unknown variant 'nope'; valid variants: paper",
+        ),
+        (
+            ["--env", "CartPole-v1", "--set", "kfac.dampnig=0.1"],
+            "unknown config key 'kfac.dampnig'",
+        ),
+        (
+            ["--env", "CartPole-v1", "--set", "kfac.damping=abc"],
+            "kfac.damping: 'abc' has the wrong type",
+        ),
         (["--env", "CartPole-v1", "--set", "kfac.damping_mode=exact"], "is not one of 'eigen'"),
         (["--env", "CartPole-v1", "--set", "nokey"], "--set expects key=value"),
     ],
@@ -260,5 +281,13 @@ def test_cli_lists_variants_and_presets():
     out = cli("variants", timeout=60).stdout.splitlines()
     assert [line.split()[0] for line in out] == variants.names()
     presets = cli("presets", timeout=60).stdout
-    for name in ("openai-baselines", "stable-baselines", "ikostrikov", "acktr-pytorch", "kfac-pytorch", "notebook", "a2c"):
+    for name in (
+        "openai-baselines",
+        "stable-baselines",
+        "ikostrikov",
+        "acktr-pytorch",
+        "kfac-pytorch",
+        "notebook",
+        "a2c",
+    ):
         assert name in presets

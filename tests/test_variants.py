@@ -78,7 +78,7 @@ def brute_factors(name: str, module: nn.Module, x: torch.Tensor, grad_output: to
     patches, derivs = brute_patches(module, x), brute_derivs(grad_output)
     b, t = len(patches), len(patches[0])
     bias = module.bias is not None
-    with_one = [[p + [1.0] if bias else p for p in rows] for rows in patches]
+    with_one = [[[*p, 1.0] if bias else p for p in rows] for rows in patches]
     omega = outer_sum([p for rows in with_one for p in rows]) / b
     omega_ww = outer_sum([p for rows in patches for p in rows]) / b
     gamma = outer_sum([g for rows in derivs for g in rows]) / (b * t)

@@ -19,7 +19,9 @@ def run_variants(args: argparse.Namespace) -> int:
 
 
 def add_presets_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--keys", action="store_true", help="list every config key with its type and default")
+    parser.add_argument(
+        "--keys", action="store_true", help="list every config key with its type and default"
+    )
 
 
 def run_presets(args: argparse.Namespace) -> int:

@@ -20,7 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gif", type=Path, default=None, help="write the first episode as a GIF")
     parser.add_argument("--greedy", action="store_true", help="arg-max actions instead of sampling")
     parser.add_argument("--seed", type=int, default=12345)
-    parser.add_argument("--max-steps", type=int, default=27_000, help="cap per episode (agent steps)")
+    parser.add_argument(
+        "--max-steps", type=int, default=27_000, help="cap per episode (agent steps)"
+    )
     parser.add_argument("--fps", type=int, default=30, help="GIF frame rate")
 
 
@@ -69,15 +71,19 @@ def run(args: argparse.Namespace) -> int:
             obs = step.obs
             if step.finished:
                 returns.append(step.finished[0].ret)
-                print(f"episode {episode + 1}: return {step.finished[0].ret:g}, "
-                      f"length {step.finished[0].length}")
+                print(
+                    f"episode {episode + 1}: return {step.finished[0].ret:g}, "
+                    f"length {step.finished[0].length}"
+                )
                 break
         else:
             print(f"episode {episode + 1}: stopped at --max-steps {args.max_steps} (not finished)")
     env.close()
     if returns:
-        print(f"mean return over {len(returns)} episodes: {np.mean(returns):.2f} "
-              f"(± {np.std(returns):.2f}), policy at {state['steps']} steps")
+        print(
+            f"mean return over {len(returns)} episodes: {np.mean(returns):.2f} "
+            f"(± {np.std(returns):.2f}), policy at {state['steps']} steps"
+        )
     if args.gif is not None and frames:
         write_gif(frames, args.gif, args.fps)
         print(f"wrote {args.gif} ({len(frames)} frames)")
@@ -95,6 +101,11 @@ def write_gif(frames: list[np.ndarray], path: Path, fps: int) -> None:
     images = [Image.fromarray(np.asarray(f, dtype=np.uint8)) for f in frames]
     buffer = io.BytesIO()
     images[0].save(
-        buffer, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0
+        buffer,
+        format="GIF",
+        save_all=True,
+        append_images=images[1:],
+        duration=int(1000 / fps),
+        loop=0,
     )
     write_atomic(path, buffer.getvalue())

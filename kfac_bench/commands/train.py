@@ -28,16 +28,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "example: kfac-bench train --env MinAtar/Breakout-v1 --variant baselines "
         "--set kfac.damping_mode=tikhonov"
     )
-    parser.add_argument("--env", required=True, help="Gymnasium id (CartPole-v1, MinAtar/Breakout-v1, ALE/Pong-v5)")
-    parser.add_argument("--variant", default="paper", help="factor-statistic variant (see `kfac-bench variants`)")
-    parser.add_argument("--preset", default=None, choices=list(PRESETS), metavar="NAME",
-                        help="hyperparameter preset (see `kfac-bench presets`)")
+    parser.add_argument(
+        "--env", required=True, help="Gymnasium id (CartPole-v1, MinAtar/Breakout-v1, ALE/Pong-v5)"
+    )
+    parser.add_argument(
+        "--variant", default="paper", help="factor-statistic variant (see `kfac-bench variants`)"
+    )
+    parser.add_argument(
+        "--preset",
+        default=None,
+        choices=list(PRESETS),
+        metavar="NAME",
+        help="hyperparameter preset (see `kfac-bench presets`)",
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=None, help="env steps over all envs (default: preset's)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="run directory (default runs/train/<label>__<env>__s<seed>)")
-    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. --set kfac.damping=0.03 (repeatable)")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="env steps over all envs (default: preset's)"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="run directory (default runs/train/<label>__<env>__s<seed>)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set kfac.damping=0.03 (repeatable)",
+    )
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -59,8 +80,10 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or Path("runs/train") / run_name(config.label, config.env, config.seed)
     from kfac_bench.rl.trainer import train
 
-    print(f"{config.label} on {config.env} (family {env_family(config.env)}, preset {config.preset}, "
-          f"seed {config.seed}) -> {out}")
+    print(
+        f"{config.label} on {config.env} (family {env_family(config.env)}, preset {config.preset}, "
+        f"seed {config.seed}) -> {out}"
+    )
     bar = None
     if not args.no_progress:
         from tqdm import tqdm
@@ -69,8 +92,10 @@ def run(args: argparse.Namespace) -> int:
 
     def on_progress(p) -> None:
         bar.n = min(p.steps, p.total_steps)
-        bar.set_postfix_str(f"fps {p.fps:,.0f} | return(20) {p.recent_return:.1f} | episodes {p.episodes}",
-                            refresh=False)
+        bar.set_postfix_str(
+            f"fps {p.fps:,.0f} | return(20) {p.recent_return:.1f} | episodes {p.episodes}",
+            refresh=False,
+        )
         bar.update(0)
 
     try:
@@ -79,7 +104,9 @@ def run(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
     if result.state.startswith("already-"):
-        print(f"{out}: run already finished ({result.state[8:]}, {result.steps} steps); nothing to do")
+        print(
+            f"{out}: run already finished ({result.state[8:]}, {result.steps} steps); nothing to do"
+        )
         return 0
     if result.state == "diverged":
         print(f"{out}: diverged after {result.steps} steps: {result.error}")

@@ -130,7 +130,9 @@ class Trainer:
             torch.set_num_threads(config.torch_threads)
         torch.manual_seed(config.seed)
 
-        self.env: VecEnv = make_env(config.env, config.rollout.n_envs, training=True, atari=config.atari)
+        self.env: VecEnv = make_env(
+            config.env, config.rollout.n_envs, training=True, atari=config.atari
+        )
         separate = config.optim.critic == "separate-adam"
         self.policy: ActorCritic = build_policy(
             self.env.obs_shape,
@@ -334,12 +336,18 @@ class Trainer:
             recent.append(episode.ret)
             episode_count += 1
             pending_episodes.append(
-                {"step": self.steps, "wall_time": round(wall(), 3), "return": episode.ret,
-                 "length": episode.length}
+                {
+                    "step": self.steps,
+                    "wall_time": round(wall(), 3),
+                    "return": episode.ret,
+                    "length": episode.length,
+                }
             )
 
         obs_dtype = torch.uint8 if self.env.obs_dtype == np.uint8 else torch.float32
-        rollout = Rollout(c.rollout.n_steps, c.rollout.n_envs, self.env.obs_shape, obs_dtype, self.device)
+        rollout = Rollout(
+            c.rollout.n_steps, c.rollout.n_envs, self.env.obs_shape, obs_dtype, self.device
+        )
         obs = self.obs_tensor(self.env.reset(seed=c.seed + 1_000_003 * self.resets))
         self.resets += 1
         last_time, last_steps = time.perf_counter(), self.steps
@@ -367,7 +375,9 @@ class Trainer:
                     self.checkpoint(wall())
                 if on_progress is not None:
                     mean_recent = float(np.mean(recent)) if recent else math.nan
-                    on_progress(Progress(self.steps, c.total_steps, fps, mean_recent, episode_count))
+                    on_progress(
+                        Progress(self.steps, c.total_steps, fps, mean_recent, episode_count)
+                    )
         except Diverged as error:
             episodes_log.write(pending_episodes)
             self.write_status("diverged", wall(), str(error))
@@ -387,8 +397,12 @@ class Trainer:
         return [f"diag/{name}/{k}" for name in self.kfac.layers for k in keys]
 
     def _row(self, metrics: dict, fps: float, wall_time: float) -> dict:
-        row = {"step": self.steps, "wall_time": round(wall_time, 3), "update": self.updates,
-               "fps": round(fps, 1)}
+        row = {
+            "step": self.steps,
+            "wall_time": round(wall_time, 3),
+            "update": self.updates,
+            "fps": round(fps, 1),
+        }
         tensors = {k: v for k, v in metrics.items() if isinstance(v, torch.Tensor)}
         if tensors:
             values = torch.stack([v.detach().float().cpu() for v in tensors.values()]).tolist()
@@ -444,7 +458,9 @@ def train(
     if status_path.exists():
         status = store.read_json(status_path)
         if status.get("state") in ("done", "diverged"):
-            return RunResult(f"already-{status['state']}", int(status.get("steps", 0)), status.get("error"))
+            return RunResult(
+                f"already-{status['state']}", int(status.get("steps", 0)), status.get("error")
+            )
     if (run_dir / "config.json").exists():
         saved = store.read_json(run_dir / "config.json")["config"]
         if saved != config_mod.to_dict(config):
@@ -473,7 +489,11 @@ def train(
         wall_time = trainer.wall_offset if trainer is not None else 0.0
         store.write_json(
             status_path,
-            {"state": "failed", "steps": steps, "error": f"{type(error).__name__}: {error}",
-             "wall_time": wall_time},
+            {
+                "state": "failed",
+                "steps": steps,
+                "error": f"{type(error).__name__}: {error}",
+                "wall_time": wall_time,
+            },
         )
         raise
