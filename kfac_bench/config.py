@@ -79,6 +79,9 @@ class KfacConfig:
     dtype: Literal["float32", "float64"] = "float32"  # factors and their decompositions
     kl_clip: float = 0.001  # δ
     trust_region: TrustRegion = "baselines"
+    # "linear": δ decays with the lr schedule's factor. While the clip binds, lr·ν = sqrt(δ/q) does
+    # not depend on lr, so a linear lr decay alone does not shrink K-FAC steps (REFERENCES §3.4).
+    kl_clip_schedule: Literal["constant", "linear"] = "constant"
     max_nu: float = 1.0
     momentum: float = 0.9
     momentum_scale: Literal["1-mu", "1"] = "1-mu"  # θ −= lr·(1−μ)·buf (BL/IK/AK) or lr·buf (KP)

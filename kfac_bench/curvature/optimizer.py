@@ -194,7 +194,7 @@ class KFAC(torch.optim.Optimizer):
                 f"layers: {', '.join(others)} (set kfac.unsupported='sgd' to step them unpreconditioned)"
             )
         params = [p for p in model.parameters() if p.requires_grad]
-        super().__init__(params, {"lr": lr})
+        super().__init__(params, {"lr": lr, "kl_clip": config.kl_clip})
         self.model = model
         self.variant = variant
         self.config = config
@@ -272,7 +272,7 @@ class KFAC(torch.optim.Optimizer):
 
     # --- step -------------------------------------------------------------------------------
     @torch.no_grad()
-    def step(self, closure=None) -> StepInfo:  # noqa: ARG002 (Optimizer signature)
+    def step(self, closure=None) -> StepInfo:
         lr = float(self.param_groups[0]["lr"])
         self.updates += 1
         if self.updates <= self.config.cold_iters:
@@ -317,15 +317,16 @@ class KFAC(torch.optim.Optimizer):
 
     def _trust_region(self, q: torch.Tensor, lr: float) -> torch.Tensor:
         c = self.config
+        delta = float(self.param_groups[0].get("kl_clip", c.kl_clip))  # schedulable, like lr
         q = q.clamp_min(0.0)
         if c.trust_region == "none":
             return torch.ones_like(q)
         if c.trust_region == "baselines":
-            bound = torch.sqrt(c.kl_clip / (lr**2 * q))
+            bound = torch.sqrt(delta / (lr**2 * q))
         elif c.trust_region == "acktr-paper":
-            bound = torch.sqrt(2.0 * c.kl_clip / (lr**2 * q + 1e-6))
+            bound = torch.sqrt(2.0 * delta / (lr**2 * q + 1e-6))
         else:  # notebook
-            bound = torch.sqrt(c.kl_clip / (0.5 * q + 1e-8))
+            bound = torch.sqrt(delta / (0.5 * q + 1e-8))
         return bound.clamp(max=c.max_nu)  # q = 0 gives inf -> max_nu
 
     def _cold_step(self, lr: float) -> StepInfo:

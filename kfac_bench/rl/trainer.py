@@ -250,6 +250,8 @@ class Trainer:
         lr = lr_at(c, self.steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+            if self.kfac is not None and c.kfac.kl_clip_schedule == "linear":
+                group["kl_clip"] = c.kfac.kl_clip * max(0.0, 1.0 - self.steps / c.total_steps)
 
         if self.kfac is not None:
             with self.kfac.fisher_pass() as fisher:
