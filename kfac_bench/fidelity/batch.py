@@ -1,0 +1,206 @@
+"""The measured batch: which policy, which observations, which sampled actions and noise.
+
+The policy is a finished run's (``checkpoint.pt``: ``"policy"`` state dict and ``"config"``) or,
+without a checkpoint, the *initial* policy of a run of the env family's default config: built
+after ``torch.manual_seed(seed)`` exactly as the trainer builds it, so ``--seed s`` measures the
+network that run ``s`` starts from.
+
+Observations come from rolling that policy in ``make_env(env, n_envs)`` (the config's
+``rollout.n_envs``, at most B) for ⌈B / n_envs⌉ steps from ``reset(seed)``, actions sampled from
+the policy (a seeded ``torch.Generator``), in the trainer's time-major order; the first B rows
+are kept. The value term's ε ~ N(0, 1) is drawn once from the same generator.
+
+The gradient g that all directions precondition is the trainer's training-loss gradient on this
+batch (``rl/trainer.py`` ``Trainer.update``): −mean(Â·log π(a)) + vf_coef·value_loss − ent_coef·H,
+with the config's returns (n-step bootstrap, or GAE when ``rollout.gae_lambda`` is set; truncated
+episodes bootstrapped from V(final_obs)) and advantage normalisation, restricted to the
+parameters K-FAC preconditions.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kfac_bench import config as config_mod
+from kfac_bench import store
+from kfac_bench.config import RunConfig
+from kfac_bench.fidelity.exact import FisherProblem
+from kfac_bench.fidelity.layout import LayerSlot, build_slots, flatten
+from kfac_bench.presets import build_config
+from kfac_bench.rl.envs import VecEnv
+from kfac_bench.rl.policies import ActorCritic, build_policy
+from kfac_bench.rl.returns import gae_advantages, nstep_returns
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where the measured policy comes from."""
+
+    config: RunConfig
+    checkpoint: Path | None  # checkpoint.pt, or None for the initial policy
+    state: dict | None  # the policy's state dict (None: initial policy)
+    step: int  # env steps the policy was trained for
+
+    @property
+    def label(self) -> str:
+        return str(self.checkpoint.parent) if self.checkpoint is not None else "initial"
+
+
+def checkpoint_path(path: Path) -> Path:
+    """A run directory or a ``.pt`` file -> the checkpoint file (FileNotFoundError if absent)."""
+    path = Path(path)
+    file = path / "checkpoint.pt" if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"no checkpoint at {file}")
+    return file
+
+
+def load_source(env: str | None, checkpoint: Path | None, seed: int) -> Source:
+    """The policy source for ``env`` (family default config) or a run's checkpoint."""
+    if checkpoint is None:
+        if env is None:
+            raise ValueError("give --env (initial policy) or --checkpoint RUN_DIR")
+        return Source(build_config(env, seed=seed), None, None, 0)
+    file = checkpoint_path(checkpoint)
+    state = store.load_checkpoint(file)
+    if "policy" not in state or "config" not in state:
+        raise ValueError(f"{file} has no 'policy' and 'config' entries")
+    config = config_mod.from_dict(state["config"])
+    if env is not None and env != config.env:
+        raise ValueError(f"--env {env} but the checkpoint was trained on {config.env}")
+    return Source(config, file, state["policy"], int(state.get("steps", 0)))
+
+
+def build_measured_policy(source: Source, env: VecEnv, seed: int, device: torch.device):
+    """The float64 policy (initial from ``seed``, or the checkpoint's weights), eval mode."""
+    separate = source.config.optim.critic == "separate-adam"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        policy = build_policy(
+            env.obs_shape, env.num_actions, source.config.policy, separate_critic=separate
+        )
+    if source.state is not None:
+        policy.load_state_dict(source.state)
+    return policy.to(device=device, dtype=torch.float64).eval()
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """B transitions (time-major, flattened): what both Fisher estimates and g are built from."""
+
+    obs: torch.Tensor  # (B, *obs_shape) as the env gives it (float32 or uint8)
+    actions: torch.Tensor  # (B,) long
+    advantages: torch.Tensor  # (B,) float64, before normalisation
+    returns: torch.Tensor  # (B,) float64
+    noise: torch.Tensor  # (B,) float64, ε of the value Fisher term
+
+
+def _categorical(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    probs = torch.softmax(logits.detach().double().cpu(), dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+@torch.no_grad()
+def collect(policy: ActorCritic, env: VecEnv, config: RunConfig, batch: int, seed: int) -> Rollout:
+    """Roll ``policy`` for ⌈batch / N⌉ steps of ``env`` (N envs) and keep the first ``batch``."""
+    device = next(policy.parameters()).device
+    n = env.num_envs
+    steps = math.ceil(batch / n)
+    generator = torch.Generator().manual_seed(seed)
+    obs = torch.as_tensor(env.reset(seed=seed), device=device)
+    shape = (steps, n)
+    all_obs = torch.zeros((*shape, *env.obs_shape), dtype=obs.dtype, device=device)
+    actions = torch.zeros(shape, dtype=torch.long)
+    values = torch.zeros(shape, dtype=torch.float64)
+    rewards = torch.zeros(shape, dtype=torch.float64)
+    terminated = torch.zeros(shape, dtype=torch.bool)
+    truncated = torch.zeros(shape, dtype=torch.bool)
+    final_values = torch.zeros(shape, dtype=torch.float64)
+    for t in range(steps):
+        logits, value = policy(obs)
+        action = _categorical(logits, generator)
+        step = env.step(action.numpy())
+        all_obs[t], actions[t], values[t] = obs, action, value.cpu()
+        rewards[t] = torch.as_tensor(step.reward, dtype=torch.float64)
+        terminated[t] = torch.as_tensor(step.terminated)
+        truncated[t] = torch.as_tensor(step.truncated)
+        cut = np.flatnonzero(step.truncated & ~step.terminated)
+        if cut.size:
+            final = torch.as_tensor(step.final_obs[cut], device=device)
+            final_values[t, torch.as_tensor(cut)] = policy(final)[1].cpu()
+        obs = torch.as_tensor(step.obs, device=device)
+    last_value = policy(obs)[1].cpu()
+    r = config.rollout
+    args = (terminated, truncated, final_values, last_value, r.gamma)
+    if r.gae_lambda is None:
+        returns = nstep_returns(rewards, *args)
+        advantages = returns - values
+    else:
+        advantages, returns = gae_advantages(rewards, values, *args, lam=r.gae_lambda)
+    noise = torch.randn(batch, generator=generator, dtype=torch.float64)
+    return Rollout(
+        obs=all_obs.reshape(-1, *env.obs_shape)[:batch],
+        actions=actions.reshape(-1)[:batch].to(device),
+        advantages=advantages.reshape(-1)[:batch].to(device),
+        returns=returns.reshape(-1)[:batch].to(device),
+        noise=noise.to(device),
+    )
+
+
+def training_loss(policy: nn.Module, rollout: Rollout, config: RunConfig) -> torch.Tensor:
+    """The trainer's loss on the batch (``Trainer.update``): pg + vf_coef·value − ent_coef·H."""
+    logits, values = policy(rollout.obs)
+    advantages = rollout.advantages
+    if config.rollout.normalize_advantages:
+        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    log_probs_all = F.log_softmax(logits, dim=-1)
+    log_probs = log_probs_all.gather(1, rollout.actions[:, None]).squeeze(1)
+    entropy = -(log_probs_all.exp() * log_probs_all).sum(-1).mean()
+    policy_loss = -(advantages.detach() * log_probs).mean()
+    value_loss = (values - rollout.returns).pow(2).mean()
+    if config.loss.value_loss == "half-mse":
+        value_loss = 0.5 * value_loss
+    return policy_loss + config.loss.vf_coef * value_loss - config.loss.ent_coef * entropy
+
+
+def training_gradient(
+    policy: nn.Module, slots: list[LayerSlot], rollout: Rollout, config: RunConfig
+) -> torch.Tensor:
+    """g (P,) in M order: ∇ of :func:`training_loss` w.r.t. the K-FAC-covered parameters."""
+    named = dict(policy.named_parameters())
+    keys = [k for slot in slots for k in slot.keys]
+    grads = torch.autograd.grad(training_loss(policy, rollout, config), [named[k] for k in keys])
+    return flatten(slots, dict(zip(keys, grads)))
+
+
+def fisher_problem(policy: nn.Module, rollout: Rollout, config: RunConfig) -> FisherProblem:
+    """The comparison's batch: same observations, sampled actions and ε for both sides."""
+    return FisherProblem(
+        policy=policy,
+        slots=build_slots(policy),
+        obs=rollout.obs,
+        actions=rollout.actions,
+        noise=rollout.noise,
+        vf_fisher_coef=config.loss.vf_fisher_coef,
+        include_value=config.optim.critic == "shared",
+    )
+
+
+__all__ = [
+    "Rollout",
+    "Source",
+    "build_measured_policy",
+    "checkpoint_path",
+    "collect",
+    "fisher_problem",
+    "load_source",
+    "training_gradient",
+    "training_loss",
+]

@@ -1,0 +1,311 @@
+"""The exact (sampled) Fisher of the trainer's Fisher loss, its products, and a CG solver.
+
+Per-example Fisher loss term (the trainer's Fisher pass, ``rl/trainer.py`` ``fisher_loss``;
+openai/baselines ``acktr/acktr.py`` lines 36, 48-51), with a_n sampled from the policy and
+ε_n ~ N(0, 1) drawn once and shared with the K-FAC side:
+
+    ℓ_n(θ) = log π_θ(a_n | s_n) − c · (v_θ(s_n) − stopgrad(v_θ(s_n) + ε_n))²     (c = vf_fisher_coef)
+
+so that ``mean_n ℓ_n`` is exactly the trainer's Fisher loss. With per-example gradients
+g_n = ∇_θ ℓ_n (rows of the Jacobian J, (B, P), computed with ``torch.func``: ``functional_call`` +
+``vmap(grad)``), the exact sampled Fisher on the batch is
+
+    F = (1/B) Σ_n g_n g_nᵀ = JᵀJ / B                      (Martens & Grosse 2015, §2 / eq. 1)
+
+K-FAC approximates each diagonal block F_ll of this very matrix (same batch, same a_n, ε_n).
+Fisher-vector products never form F: ``F v = Jᵀ(J v)/B`` from the stored Jacobian when it fits
+in memory (:class:`JacobianFisher`), else ``J v`` by forward-mode ``jvp`` and ``Jᵀ u`` by ``vjp``
+of the map θ -> (ℓ_1 … ℓ_B) (:class:`FunctionalFisher`). Both are exact.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad, jvp, vjp, vmap
+
+from kfac_bench.fidelity.layout import LayerSlot, flatten, kfac_parameters, total_size, unflatten
+
+
+def fisher_terms(
+    logits: torch.Tensor,
+    values: torch.Tensor,
+    actions: torch.Tensor,
+    noise: torch.Tensor,
+    vf_fisher_coef: float,
+    include_value: bool,
+) -> torch.Tensor:
+    """Per-example Fisher loss ℓ_n, shape (B,). ``mean`` of it = ``trainer.fisher_loss``.
+
+    logits (B, A), values (B,), actions (B,) long, noise ε (B,).
+    """
+    terms = F.log_softmax(logits, dim=-1).gather(1, actions[:, None]).squeeze(1)
+    if include_value and vf_fisher_coef:
+        target = (values + noise).detach()
+        terms = terms - vf_fisher_coef * (values - target).pow(2)
+    return terms
+
+
+@dataclass(frozen=True)
+class FisherProblem:
+    """One batch on which the exact and the K-FAC Fisher are compared.
+
+    ``policy(obs) -> (logits (B, A), values (B,))``; ``obs`` (B, *obs_shape); ``actions`` (B,)
+    sampled from the policy; ``noise`` (B,) the value term's ε. ``slots`` are the K-FAC layers.
+    """
+
+    policy: nn.Module
+    slots: list[LayerSlot]
+    obs: torch.Tensor
+    actions: torch.Tensor
+    noise: torch.Tensor
+    vf_fisher_coef: float
+    include_value: bool
+
+    @property
+    def batch(self) -> int:
+        return int(self.obs.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return total_size(self.slots)
+
+    def params(self) -> dict[str, torch.Tensor]:
+        return kfac_parameters(self.policy, self.slots)
+
+    def frozen(self) -> dict[str, torch.Tensor]:
+        """Everything ``functional_call`` needs besides the covered parameters."""
+        covered = {key for slot in self.slots for key in slot.keys}
+        state = {k: v.detach() for k, v in self.policy.named_parameters() if k not in covered}
+        state.update({k: v for k, v in self.policy.named_buffers()})
+        return state
+
+    def terms(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """θ (covered parameters) -> (ℓ_1 … ℓ_B)."""
+        logits, values = functional_call(self.policy, (params, self.frozen()), (self.obs,))
+        return fisher_terms(
+            logits, values, self.actions, self.noise, self.vf_fisher_coef, self.include_value
+        )
+
+
+def per_example_gradients(
+    problem: FisherProblem, keys: tuple[str, ...] | None = None, chunk_size: int = 64
+) -> dict[str, torch.Tensor]:
+    """g_n = ∇ ℓ_n for every example: {key: (B, *param.shape)} (``vmap(grad)``, chunked).
+
+    ``keys`` restricts the differentiation to some covered parameters (default all).
+    """
+    params = problem.params()
+    wanted = params if keys is None else {k: params[k] for k in keys}
+    fixed = {k: v for k, v in params.items() if k not in wanted}
+    frozen = {**problem.frozen(), **fixed}
+
+    def single(p: dict, obs: torch.Tensor, action: torch.Tensor, eps: torch.Tensor):
+        logits, value = functional_call(problem.policy, (p, frozen), (obs[None],))
+        return fisher_terms(
+            logits, value, action[None], eps[None], problem.vf_fisher_coef, problem.include_value
+        )[0]
+
+    return vmap(grad(single), in_dims=(None, 0, 0, 0), chunk_size=chunk_size)(
+        wanted, problem.obs, problem.actions, problem.noise
+    )
+
+
+def jacobian(problem: FisherProblem, chunk_size: int = 64) -> torch.Tensor:
+    """J (B, P) in M order: row n is g_n."""
+    return flatten(problem.slots, per_example_gradients(problem, chunk_size=chunk_size), lead=1)
+
+
+def layer_jacobians(problem: FisherProblem, chunk_size: int = 64) -> list[torch.Tensor]:
+    """[J_l (B, P_l)] per layer in M order (the columns of :func:`jacobian`, contiguous)."""
+    grads = per_example_gradients(problem, chunk_size=chunk_size)
+    return [flatten([_at_zero(slot)], grads, lead=1) for slot in problem.slots]
+
+
+class JacobianFisher:
+    """F = JᵀJ/B from stored per-example gradients, one contiguous (B, P_l) block per layer.
+
+    Network products sum over the layer blocks (J v = Σ_l J_l v_l), so no product ever reads a
+    strided column slice of the full (B, P) matrix.
+    """
+
+    def __init__(self, blocks: list[torch.Tensor], slots: list[LayerSlot]) -> None:
+        self.blocks = {slot.name: block.contiguous() for slot, block in zip(slots, blocks)}
+        self.slots = slots
+        self.batch = blocks[0].shape[0]
+
+    @classmethod
+    def from_jacobian(cls, jac: torch.Tensor, slots: list[LayerSlot]) -> JacobianFisher:
+        """From a full (B, P) Jacobian in M order."""
+        return cls([slot.take(jac) for slot in slots], slots)
+
+    def jv(self, v: torch.Tensor, slot: LayerSlot | None = None) -> torch.Tensor:
+        """(…, P_l) -> (…, B): u_n = g_nᵀ v (the whole network when ``slot`` is None)."""
+        if slot is not None:
+            return v @ self.blocks[slot.name].T
+        return sum(s.take(v) @ self.blocks[s.name].T for s in self.slots)
+
+    def jtu(self, u: torch.Tensor, slot: LayerSlot | None = None) -> torch.Tensor:
+        """(…, B) -> (…, P_l): Σ_n u_n g_n."""
+        if slot is not None:
+            return u @ self.blocks[slot.name]
+        return torch.cat([u @ self.blocks[s.name] for s in self.slots], dim=-1)
+
+    def block_jacobian(self, slot: LayerSlot | None) -> torch.Tensor:
+        """J_l (B, P_l), or the full J (B, P) for ``None``."""
+        if slot is not None:
+            return self.blocks[slot.name]
+        return torch.cat([self.blocks[s.name] for s in self.slots], dim=1)
+
+    def frobenius_sq(self, slot: LayerSlot | None = None) -> float:
+        """‖F_ll‖²_F = ‖J_l J_lᵀ‖²_F / B² (Gram form; exact, never forms F)."""
+        slots = self.slots if slot is None else [slot]
+        gram = sum(self.blocks[s.name] @ self.blocks[s.name].T for s in slots)
+        return float(gram.pow(2).sum()) / self.batch**2
+
+    def mv(self, v: torch.Tensor, slot: LayerSlot | None = None) -> torch.Tensor:
+        """F v (or F_ll v_l), batched over leading dimensions of v."""
+        return self.jtu(self.jv(v, slot), slot) / self.batch
+
+    def energy(self, v: torch.Tensor, slot: LayerSlot | None = None) -> torch.Tensor:
+        """vᵀ F v = ‖J v‖² / B, per leading index."""
+        return self.jv(v, slot).pow(2).sum(-1) / self.batch
+
+
+class FunctionalFisher:
+    """F v without the Jacobian: u = J v by ``jvp``, Jᵀ u by ``vjp`` of θ -> (ℓ_1 … ℓ_B).
+
+    Memory is one forward/backward of the batch; ``block_jacobian`` builds a single layer's
+    per-example gradients (only requested for blocks small enough to form densely).
+    """
+
+    def __init__(self, problem: FisherProblem, chunk_size: int = 64) -> None:
+        self.problem = problem
+        self.slots = problem.slots
+        self.batch = problem.batch
+        self.params = problem.params()
+        self.chunk_size = chunk_size
+
+    def _subset(self, slot: LayerSlot | None) -> tuple[list[LayerSlot], dict, Callable]:
+        slots = self.slots if slot is None else [slot]
+        keys = [k for s in slots for k in s.keys]
+        sub = {k: self.params[k] for k in keys}
+        rest = {k: v for k, v in self.params.items() if k not in sub}
+        return slots, sub, lambda p: self.problem.terms({**rest, **p})
+
+    def jv(self, v: torch.Tensor, slot: LayerSlot | None = None) -> torch.Tensor:
+        slots, sub, fn = self._subset(slot)
+        rows = v.reshape(-1, v.shape[-1])
+        shifted = [s if slot is None else _at_zero(s) for s in slots]
+        out = [jvp(fn, (sub,), (unflatten(shifted, row),))[1] for row in rows]
+        return torch.stack(out).reshape(*v.shape[:-1], self.batch)
+
+    def jtu(self, u: torch.Tensor, slot: LayerSlot | None = None) -> torch.Tensor:
+        slots, sub, fn = self._subset(slot)
+        _, pullback = vjp(fn, sub)
+        rows = u.reshape(-1, u.shape[-1])
+        shifted = [s if slot is None else _at_zero(s) for s in slots]
+        out = [flatten(shifted, pullback(row)[0]) for row in rows]
+        return torch.stack(out).reshape(*u.shape[:-1], -1)
+
+    def block_jacobian(self, slot: LayerSlot | None) -> torch.Tensor:
+        """J_l (B, P_l) built on demand (``None``: the full J; small networks only)."""
+        if slot is None:
+            return jacobian(self.problem, self.chunk_size)
+        grads = per_example_gradients(self.problem, slot.keys, self.chunk_size)
+        return flatten([_at_zero(slot)], grads, lead=1)
+
+    def frobenius_sq(self, slot: LayerSlot | None = None) -> float | None:
+        return None  # estimated from probes by the caller
+
+    def mv(self, v: torch.Tensor, slot: LayerSlot | None = None) -> torch.Tensor:
+        return self.jtu(self.jv(v, slot), slot) / self.batch
+
+    def energy(self, v: torch.Tensor, slot: LayerSlot | None = None) -> torch.Tensor:
+        return self.jv(v, slot).pow(2).sum(-1) / self.batch
+
+
+def _at_zero(slot: LayerSlot) -> LayerSlot:
+    """The same slot with offset 0 (to address a single layer's own vector)."""
+    return LayerSlot(slot.name, slot.module, slot.weight_key, slot.bias_key, slot.c_out, slot.k, 0)
+
+
+FisherOperator = JacobianFisher | FunctionalFisher
+
+
+def fisher_operator(
+    problem: FisherProblem, max_jacobian_bytes: float, chunk_size: int = 64
+) -> FisherOperator:
+    """The Jacobian form when B·P entries fit in ``max_jacobian_bytes``, else the functional one."""
+    itemsize = next(iter(problem.params().values())).element_size()
+    if problem.batch * problem.dim * itemsize <= max_jacobian_bytes:
+        return JacobianFisher(layer_jacobians(problem, chunk_size), problem.slots)
+    return FunctionalFisher(problem, chunk_size)
+
+
+# ---------------------------------------------------------------------------------------------
+# conjugate gradient
+
+
+@dataclass(frozen=True)
+class CgResult:
+    """x ≈ A⁻¹ b; ``residual`` is the true ‖b − A x‖ / ‖b‖ recomputed at the end."""
+
+    x: torch.Tensor
+    iterations: int
+    residual: float
+    converged: bool
+
+
+def conjugate_gradient(
+    matvec: Callable[[torch.Tensor], torch.Tensor],
+    b: torch.Tensor,
+    *,
+    tol: float = 1e-10,
+    max_iter: int = 1000,
+    deadline: float | None = None,
+) -> CgResult:
+    """Solve A x = b for symmetric positive definite A given by ``matvec`` (Hestenes–Stiefel).
+
+    Stops when ‖r‖ ≤ tol·‖b‖, after ``max_iter`` iterations, or when ``time.monotonic()``
+    passes ``deadline``. For A = F + λI with rank(F) ≤ B it terminates in at most B + 1 steps in
+    exact arithmetic (the Krylov space of a rank-B update of a multiple of I).
+    """
+    x = torch.zeros_like(b)
+    b_norm = float(b.norm())
+    if b_norm == 0.0:
+        return CgResult(x, 0, 0.0, True)
+    r = b.clone()
+    p = r.clone()
+    rr = r @ r
+    iterations = 0
+    for iterations in range(1, max_iter + 1):  # noqa: B007 (reported)
+        ap = matvec(p)
+        alpha = rr / (p @ ap)
+        x = x + alpha * p
+        r = r - alpha * ap
+        rr_new = r @ r
+        if float(rr_new.sqrt()) <= tol * b_norm:
+            break
+        if deadline is not None and time.monotonic() > deadline:
+            break
+        p = r + (rr_new / rr) * p
+        rr = rr_new
+    residual = float((b - matvec(x)).norm()) / b_norm
+    return CgResult(x, iterations, residual, residual <= 10 * tol)
+
+
+def damped_solve(
+    operator: FisherOperator,
+    g: torch.Tensor,
+    damping: float,
+    slot: LayerSlot | None = None,
+    **cg_options,
+) -> CgResult:
+    """(F + λI)⁻¹ g by CG with exact Fisher-vector products (F_ll for one ``slot``)."""
+    return conjugate_gradient(lambda v: operator.mv(v, slot) + damping * v, g, **cg_options)
