@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from kfac_bench import config as config_mod
@@ -37,6 +36,7 @@ from kfac_bench.presets import build_config
 from kfac_bench.rl.envs import VecEnv
 from kfac_bench.rl.policies import ActorCritic, build_policy
 from kfac_bench.rl.returns import gae_advantages, nstep_returns
+from kfac_bench.rl.trainer import training_loss as trainer_loss
 
 
 @dataclass(frozen=True)
@@ -155,19 +155,11 @@ def collect(policy: ActorCritic, env: VecEnv, config: RunConfig, batch: int, see
 
 
 def training_loss(policy: nn.Module, rollout: Rollout, config: RunConfig) -> torch.Tensor:
-    """The trainer's loss on the batch (``Trainer.update``): pg + vf_coef·value − ent_coef·H."""
+    """The trainer's loss on the batch (``rl/trainer.py`` ``training_loss``)."""
     logits, values = policy(rollout.obs)
-    advantages = rollout.advantages
-    if config.rollout.normalize_advantages:
-        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-    log_probs_all = F.log_softmax(logits, dim=-1)
-    log_probs = log_probs_all.gather(1, rollout.actions[:, None]).squeeze(1)
-    entropy = -(log_probs_all.exp() * log_probs_all).sum(-1).mean()
-    policy_loss = -(advantages.detach() * log_probs).mean()
-    value_loss = (values - rollout.returns).pow(2).mean()
-    if config.loss.value_loss == "half-mse":
-        value_loss = 0.5 * value_loss
-    return policy_loss + config.loss.vf_coef * value_loss - config.loss.ent_coef * entropy
+    return trainer_loss(
+        logits, values, rollout.actions, rollout.advantages, rollout.returns, config
+    ).total
 
 
 def training_gradient(

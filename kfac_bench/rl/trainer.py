@@ -94,6 +94,39 @@ def fisher_loss(logits, values, actions, vf_fisher_coef: float, include_value: b
     return loss
 
 
+@dataclass
+class LossTerms:
+    """The training loss and its parts (tensors attached to the graph where it matters)."""
+
+    total: torch.Tensor
+    policy: torch.Tensor
+    value: torch.Tensor
+    entropy: torch.Tensor
+    log_probs_all: torch.Tensor  # (B, A) log π(·|s), for the KL after the step
+
+
+def training_loss(
+    logits: torch.Tensor,  # (B, A)
+    values: torch.Tensor,  # (B,)
+    actions: torch.Tensor,  # (B,)
+    advantages: torch.Tensor,  # (B,)
+    returns: torch.Tensor,  # (B,)
+    config: RunConfig,
+) -> LossTerms:
+    """−mean(Â·log π(a)) + vf_coef·value_loss − ent_coef·H (openai/baselines acktr.py:40-45)."""
+    if config.rollout.normalize_advantages:
+        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    log_probs_all = F.log_softmax(logits, dim=-1)
+    log_probs = log_probs_all.gather(1, actions[:, None]).squeeze(1)
+    entropy = -(log_probs_all.exp() * log_probs_all).sum(-1).mean()
+    policy_loss = -(advantages.detach() * log_probs).mean()
+    value_loss = (values - returns).pow(2).mean()
+    if config.loss.value_loss == "half-mse":
+        value_loss = 0.5 * value_loss
+    total = policy_loss + config.loss.vf_coef * value_loss - config.loss.ent_coef * entropy
+    return LossTerms(total, policy_loss, value_loss, entropy, log_probs_all)
+
+
 def lr_at(config: RunConfig, steps_done: int) -> float:
     """Scheduled lr (openai/baselines Scheduler: linear decay per env step)."""
     if config.optim.lr_schedule == "linear":
@@ -245,8 +278,6 @@ class Trainer:
         c = self.config
         obs = rollout.obs.reshape(-1, *rollout.obs.shape[2:])
         actions = rollout.actions.reshape(-1)
-        if c.rollout.normalize_advantages:
-            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
         lr = lr_at(c, self.steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -264,14 +295,8 @@ class Trainer:
         else:
             logits, values = self.policy(obs)
 
-        log_probs_all = F.log_softmax(logits, dim=-1)
-        log_probs = log_probs_all.gather(1, actions[:, None]).squeeze(1)
-        entropy = -(log_probs_all.exp() * log_probs_all).sum(-1).mean()
-        policy_loss = -(advantages.detach() * log_probs).mean()
-        value_loss = (values - returns).pow(2).mean()
-        if c.loss.value_loss == "half-mse":
-            value_loss = 0.5 * value_loss
-        loss = policy_loss + c.loss.vf_coef * value_loss - c.loss.ent_coef * entropy
+        terms = training_loss(logits, values, actions, advantages, returns, c)
+        loss = terms.total
         if not torch.isfinite(loss):
             raise Diverged(f"non-finite loss at update {self.updates + 1}")
 
@@ -283,9 +308,9 @@ class Trainer:
             sum(p.grad.pow(2).sum() for p in self.policy.parameters() if p.grad is not None)
         )
         metrics: dict[str, torch.Tensor | float | None] = {
-            "policy_loss": policy_loss.detach(),
-            "value_loss": value_loss.detach(),
-            "entropy": entropy.detach(),
+            "policy_loss": terms.policy.detach(),
+            "value_loss": terms.value.detach(),
+            "entropy": terms.entropy.detach(),
             "grad_norm": grad_norm,
             "lr": lr,
             "kl": None,
@@ -306,7 +331,7 @@ class Trainer:
         if log:
             with torch.no_grad():
                 new_logits, _ = self.policy(obs)
-                old = log_probs_all.detach()
+                old = terms.log_probs_all.detach()
                 new = F.log_softmax(new_logits, dim=-1)
                 if self.kfac is not None:
                     metrics["kl"] = (old.exp() * (old - new)).sum(-1).mean()
