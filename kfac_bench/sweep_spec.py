@@ -1,0 +1,509 @@
+"""Sweep specs: parse and validate ``runs/<name>.toml`` into the list of runs it describes.
+
+Format (TOML, read with :mod:`tomllib`)::
+
+    name = "quick"                     # output directory runs/<name>/ (default: the file's stem)
+    variants = ["paper", "baselines"]  # factor-statistic variants (`kfac-bench variants`)
+    controls = ["a2c"]                 # first-order control presets run beside them (label "a2c")
+    envs = ["CartPole-v1", "MinAtar/Breakout-v1"]   # Gymnasium ids
+    seeds = [0, 1, 2]                  # or an int n meaning 0..n-1
+    preset = "openai-baselines"        # optional; omitted: each env family's default preset
+    steps = 100_000                    # env steps per run (optional: the preset/family default)
+    fidelity = false                   # run kfac_bench.fidelity on each finished ACKTR run
+    [steps_per_env]                    # per-environment budgets, override `steps`
+    "MinAtar/Breakout-v1" = 300_000
+    [set]                              # fixed dotted-key overrides for every run
+    "log.checkpoint_every" = 20
+    [grid]                             # extra axes, crossed (cartesian product); they appear in
+    "kfac.damping_mode" = ["eigen", "tikhonov"]   # run names and in config.json "axes"
+    [thresholds]                       # optional reward thresholds, copied to sweep.json
+    "MinAtar/Breakout-v1" = 10.0
+
+Runs are ``envs × (variants × grid + controls × non-K-FAC grid) × seeds``. Every run is named
+``store.run_name(label, env, seed, axes)``, e.g. ``paper__CartPole-v1__s0__damping_mode-eigen``.
+
+Rules:
+
+* Keys of ``[set]`` and ``[grid]`` are the dotted config keys of ``kfac-bench presets --keys``
+  (quote them, ``"kfac.damping" = 0.03``; unquoted dotted keys, being TOML tables, work too).
+  ``env``, ``variant``, ``seed`` and ``preset`` come from the spec's own fields and cannot be
+  set there; the budget is ``steps`` / ``[steps_per_env]`` (``total_steps`` may be a grid axis).
+  A key cannot be both in ``[set]`` and in ``[grid]``.
+* A variant run's config is ``build_config(env, variant, seed, preset, steps, [set] + axes)``:
+  family base, then the preset, then ``[set]``, then its grid axes.
+* A control run (``controls``, e.g. ``"a2c"``) is layered as family base, then the spec's preset
+  (or the family default), then ``[set]``, then the control preset (whose own keys, the
+  ``optim.*`` of RMSprop, win over ``[set]``), then the grid axes whose key does **not** start
+  with ``kfac.`` — K-FAC axes mean nothing to a first-order optimiser, so controls are not
+  multiplied by them. Its label is ``a2c``; its ``variant`` is recorded as ``"paper"`` (unused).
+* Everything is checked before anything runs, and every problem is reported (one line each):
+  bad TOML (line and column), unknown top-level keys, unknown variants / control presets /
+  environment ids / presets / config keys (with the valid choices or close matches), wrong
+  value types (each ``[set]`` and ``[grid]`` value against its config field), empty lists and
+  axes, and duplicate runs (a seed, variant, env or grid value listed twice).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import itertools
+import json
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kfac_bench import config as config_mod
+from kfac_bench.config import ConfigError, RunConfig
+from kfac_bench.presets import FAMILY_DEFAULT_PRESET, PRESETS, build_config, env_family
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - pyproject pins tomli for 3.10
+    import tomli as tomllib
+
+TOP_LEVEL_KEYS = (
+    "name",
+    "variants",
+    "controls",
+    "envs",
+    "seeds",
+    "preset",
+    "steps",
+    "fidelity",
+    "steps_per_env",
+    "set",
+    "grid",
+    "thresholds",
+)
+# Config keys the spec's own fields decide; [set]/[grid] may not name them.
+SPEC_OWNED_KEYS = {
+    "env": "envs",
+    "variant": "variants",
+    "seed": "seeds",
+    "preset": "preset",
+}
+CONTROL_VARIANT = "paper"  # recorded in a control run's config; a first-order run ignores it
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class SpecError(ValueError):
+    """One or more problems in a sweep spec; ``problems`` holds one line each."""
+
+    def __init__(self, path: Path | str, problems: list[str]) -> None:
+        self.path = Path(path)
+        self.problems = list(problems)
+        super().__init__(f"{self.path}: {self.problems[0]}" if self.problems else str(path))
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run of a sweep: its name, identity and fully resolved config."""
+
+    name: str
+    label: str
+    variant: str
+    env: str
+    seed: int
+    axes: dict[str, Any]
+    config: RunConfig
+    control: str | None = None  # the control preset's name, None for a variant run
+
+    @property
+    def preset(self) -> str:
+        return self.config.preset
+
+
+@dataclass
+class SweepSpec:
+    """A validated spec and its runs (in spec order: env, label, axes, seed)."""
+
+    path: Path
+    name: str
+    raw: dict[str, Any]
+    spec_hash: str
+    variants: list[str]
+    controls: list[str]
+    envs: list[str]
+    seeds: list[int]
+    preset: str | None
+    steps: int | None
+    steps_per_env: dict[str, int]
+    overrides: dict[str, Any]
+    grid: dict[str, list[Any]]
+    thresholds: dict[str, float]
+    fidelity: bool
+    runs: list[PlannedRun] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------
+# small checks
+
+
+def _close(word: str, choices: list[str] | tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=3, cutoff=0.6)
+    return f" (did you mean {', '.join(close)}?)" if close else ""
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _str_list(raw: dict, key: str, problems: list[str], *, required: bool) -> list[str] | None:
+    """A non-empty list of strings without repeats (each repeat reported as a duplicate run)."""
+    if key not in raw:
+        if required:
+            problems.append(f"`{key}` is missing (a non-empty list)")
+        return None
+    value = raw[key]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        problems.append(f"`{key}` must be a list of strings, got {value!r}")
+        return None
+    if not value:
+        problems.append(f"`{key}` is empty; list at least one (or leave the key out)")
+        return None
+    seen: set[str] = set()
+    for item in value:
+        if item in seen:
+            problems.append(f"`{key}`: {item!r} is listed twice (duplicate runs)")
+        seen.add(item)
+    return list(dict.fromkeys(value))
+
+
+def flatten_table(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"kfac": {"damping": 1}}`` (an unquoted dotted TOML key) -> ``{"kfac.damping": 1}``."""
+    flat: dict[str, Any] = {}
+    for key, value in table.items():
+        if isinstance(value, dict):
+            flat.update(flatten_table(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _check_config_key(section: str, key: str, problems: list[str]) -> Any | None:
+    """The key's annotation, or None after reporting why it cannot be used in ``section``."""
+    if key in SPEC_OWNED_KEYS:
+        problems.append(
+            f"[{section}] {key!r}: set by the spec's `{SPEC_OWNED_KEYS[key]}`, not by [{section}]"
+        )
+        return None
+    if key == "total_steps" and section == "set":
+        problems.append("[set] 'total_steps': use `steps` (and [steps_per_env]) for the budget")
+        return None
+    try:
+        return config_mod.check_key(key)
+    except ConfigError as error:
+        problems.append(f"[{section}] {error}")
+        return None
+
+
+def _check_value(section: str, key: str, value: Any, tp: Any, problems: list[str]) -> bool:
+    try:
+        config_mod.coerce(key, value, tp)
+    except ConfigError as error:
+        problems.append(f"[{section}] {error}")
+        return False
+    return True
+
+
+def _env_table(
+    raw: dict, key: str, envs: list[str] | None, problems: list[str], *, kind: str
+) -> dict[str, Any]:
+    """``[steps_per_env]`` / ``[thresholds]``: env id -> positive int / number."""
+    table = raw.get(key, {})
+    if not isinstance(table, dict):
+        problems.append(f"[{key}] must be a table of env id = value, got {table!r}")
+        return {}
+    out: dict[str, Any] = {}
+    for env, value in table.items():
+        if envs is not None and env not in envs:
+            problems.append(
+                f"[{key}] {env!r} is not in `envs`{_close(env, envs)}; envs: {', '.join(envs)}"
+            )
+            continue
+        if kind == "steps":
+            if not _is_int(value) or value <= 0:
+                problems.append(f"[{key}] {env!r}: expected a positive integer, got {value!r}")
+                continue
+        elif not isinstance(value, (int, float)) or isinstance(value, bool):
+            problems.append(f"[{key}] {env!r}: expected a number, got {value!r}")
+            continue
+        out[env] = value if kind == "steps" else float(value)
+    return out
+
+
+def _control_algo(preset_name: str) -> str:
+    return str(PRESETS[preset_name].values.get("optim.algo", "acktr"))
+
+
+# ---------------------------------------------------------------------------------------------
+# load
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Parse the file; a missing file is FileNotFoundError, bad TOML a SpecError (line, col)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"sweep spec not found: {path}")
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except tomllib.TOMLDecodeError as error:
+        raise SpecError(path, [f"invalid TOML: {error}"]) from None
+    except UnicodeDecodeError as error:
+        raise SpecError(path, [f"invalid TOML: not UTF-8 ({error.reason})"]) from None
+
+
+def spec_hash(raw: dict[str, Any]) -> str:
+    """sha256 (16 hex digits) of the parsed spec: comments and layout do not change it."""
+    text = json.dumps(raw, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    """Read, validate and expand a spec. Raises SpecError listing every problem found."""
+    path = Path(path)
+    raw = read_toml(path)
+    return parse_spec(raw, path)
+
+
+def parse_spec(raw: dict[str, Any], path: Path) -> SweepSpec:
+    import variants as variant_registry
+    from kfac_bench.rl.envs import EnvError, check_env_id
+
+    problems: list[str] = []
+    for key in raw:
+        if key not in TOP_LEVEL_KEYS:
+            problems.append(
+                f"unknown key {key!r}{_close(key, TOP_LEVEL_KEYS)}; "
+                f"valid keys: {', '.join(TOP_LEVEL_KEYS)}"
+            )
+
+    name = raw.get("name", path.stem)
+    if not isinstance(name, str) or not _NAME.match(name):
+        problems.append(
+            f"`name` must be a directory name (letters, digits, '.', '_', '-'), got {name!r}"
+        )
+
+    # --- labels ---------------------------------------------------------------------------
+    variant_names = variant_registry.names()
+    variants = _str_list(raw, "variants", problems, required=False)
+    controls = _str_list(raw, "controls", problems, required=False)
+    if "variants" not in raw and "controls" not in raw:
+        problems.append("no runs: give `variants` and/or `controls`")
+    for v in variants or []:
+        if v not in variant_names:
+            problems.append(
+                f"unknown variant {v!r}{_close(v, variant_names)}; "
+                f"valid variants: {', '.join(variant_names)}"
+            )
+    valid_controls = [p for p in PRESETS if _control_algo(p) == "a2c"]
+    for c in controls or []:
+        if c not in PRESETS:
+            problems.append(
+                f"unknown control preset {c!r}{_close(c, list(PRESETS))}; "
+                f"valid controls: {', '.join(valid_controls)}"
+            )
+        elif c not in valid_controls:
+            problems.append(
+                f"`controls`: preset {c!r} is not a first-order control (it trains with "
+                f"optim.algo {_control_algo(c)!r}); valid controls: {', '.join(valid_controls)}"
+            )
+
+    # --- envs and seeds -------------------------------------------------------------------
+    envs = _str_list(raw, "envs", problems, required=True)
+    for env in envs or []:
+        try:
+            check_env_id(env)
+        except EnvError as error:
+            problems.append(str(error).splitlines()[0])
+
+    seeds: list[int] | None = None
+    raw_seeds = raw.get("seeds")
+    if raw_seeds is None:
+        problems.append("`seeds` is missing (a list of ints, or an int n meaning 0..n-1)")
+    elif _is_int(raw_seeds):
+        if raw_seeds < 1:
+            problems.append(f"`seeds` = {raw_seeds}: an int n means seeds 0..n-1, so n >= 1")
+        else:
+            seeds = list(range(raw_seeds))
+    elif isinstance(raw_seeds, list) and all(_is_int(s) and s >= 0 for s in raw_seeds):
+        if not raw_seeds:
+            problems.append("`seeds` is empty; list at least one seed")
+        else:
+            seen_seeds: set[int] = set()
+            for s in raw_seeds:
+                if s in seen_seeds:
+                    problems.append(f"`seeds`: {s} is listed twice (duplicate runs)")
+                seen_seeds.add(s)
+            seeds = list(dict.fromkeys(raw_seeds))
+    else:
+        problems.append(
+            f"`seeds` must be a list of non-negative ints or an int n, got {raw_seeds!r}"
+        )
+
+    # --- preset, budget, flags ------------------------------------------------------------
+    preset = raw.get("preset")
+    if preset is not None:
+        if not isinstance(preset, str) or preset not in PRESETS:
+            problems.append(
+                f"unknown preset {preset!r}{_close(str(preset), list(PRESETS))}; "
+                f"valid presets: {', '.join(PRESETS)}"
+            )
+            preset = None
+        elif _control_algo(preset) == "a2c":
+            problems.append(
+                f"`preset` = {preset!r} is a first-order control; list it under `controls`"
+            )
+            preset = None
+    steps = raw.get("steps")
+    if steps is not None and (not _is_int(steps) or steps <= 0):
+        problems.append(f"`steps` must be a positive integer, got {steps!r}")
+        steps = None
+    fidelity = raw.get("fidelity", False)
+    if not isinstance(fidelity, bool):
+        problems.append(f"`fidelity` must be true or false, got {fidelity!r}")
+        fidelity = False
+    steps_per_env = _env_table(raw, "steps_per_env", envs, problems, kind="steps")
+    thresholds = _env_table(raw, "thresholds", envs, problems, kind="threshold")
+
+    # --- [set] and [grid] -----------------------------------------------------------------
+    overrides: dict[str, Any] = {}
+    raw_set = raw.get("set", {})
+    if not isinstance(raw_set, dict):
+        problems.append(f"[set] must be a table of dotted config keys, got {raw_set!r}")
+        raw_set = {}
+    for key, value in flatten_table(raw_set).items():
+        tp = _check_config_key("set", key, problems)
+        if tp is not None and _check_value("set", key, value, tp, problems):
+            overrides[key] = value
+
+    grid: dict[str, list[Any]] = {}
+    raw_grid = raw.get("grid", {})
+    if not isinstance(raw_grid, dict):
+        problems.append(f"[grid] must be a table of dotted config keys = lists, got {raw_grid!r}")
+        raw_grid = {}
+    for key, values in flatten_table(raw_grid).items():
+        tp = _check_config_key("grid", key, problems)
+        if tp is None:
+            continue
+        if key in overrides or key in flatten_table(raw_set):
+            problems.append(f"[grid] {key!r} is also in [set]; keep it in one of them")
+            continue
+        if not isinstance(values, list):
+            problems.append(f"[grid] {key!r} must be a list of values, got {values!r}")
+            continue
+        if not values:
+            problems.append(f"[grid] {key!r} is an empty axis; list at least one value")
+            continue
+        ok = all([_check_value("grid", key, v, tp, problems) for v in values])
+        seen: list[Any] = []
+        for v in values:
+            if v in seen:
+                problems.append(f"[grid] {key!r}: {v!r} is listed twice (duplicate runs)")
+            else:
+                seen.append(v)
+        if ok:
+            grid[key] = seen
+
+    if problems:
+        raise SpecError(path, problems)
+
+    spec = SweepSpec(
+        path=path,
+        name=str(name),
+        raw=raw,
+        spec_hash=spec_hash(raw),
+        variants=variants or [],
+        controls=controls or [],
+        envs=envs or [],
+        seeds=seeds or [],
+        preset=preset,
+        steps=steps,
+        steps_per_env=steps_per_env,
+        overrides=overrides,
+        grid=grid,
+        thresholds=thresholds,
+        fidelity=fidelity,
+    )
+    spec.runs = plan_runs(spec)
+    return spec
+
+
+# ---------------------------------------------------------------------------------------------
+# expand
+
+
+def _combos(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    keys = list(grid)
+    return [dict(zip(keys, values)) for values in itertools.product(*grid.values())]
+
+
+def plan_runs(spec: SweepSpec) -> list[PlannedRun]:
+    """Every run's config via ``build_config``; problems are collected into one SpecError."""
+    from kfac_bench.store import run_name
+
+    problems: list[str] = []
+    runs: list[PlannedRun] = []
+    control_grid = {k: v for k, v in spec.grid.items() if not k.startswith("kfac.")}
+    for env in spec.envs:
+        budget = spec.steps_per_env.get(env, spec.steps)
+        base_preset = spec.preset or FAMILY_DEFAULT_PRESET[env_family(env)]
+        jobs: list[tuple[str | None, str, dict[str, Any]]] = []
+        for variant in spec.variants:
+            jobs += [(None, variant, axes) for axes in _combos(spec.grid)]
+        for control in spec.controls:
+            jobs += [(control, CONTROL_VARIANT, axes) for axes in _combos(control_grid)]
+        for control, variant, axes in jobs:
+            if control is None:
+                preset = spec.preset
+                overrides = {**spec.overrides, **axes}
+            else:
+                preset = control
+                overrides = {
+                    **PRESETS[base_preset].values,
+                    **spec.overrides,
+                    **PRESETS[control].values,
+                    **axes,
+                }
+            try:
+                # Built once per (env, label, axes); the seed is a plain field of RunConfig.
+                base = build_config(
+                    env,
+                    variant=variant,
+                    seed=spec.seeds[0],
+                    preset=preset,
+                    total_steps=budget,
+                    overrides=overrides,
+                )
+            except (ConfigError, ValueError) as error:
+                message = f"{env} / {control or variant}: {str(error).splitlines()[0]}"
+                if message not in problems:
+                    problems.append(message)
+                continue
+            for seed in spec.seeds:
+                config = dataclasses.replace(base, seed=seed)
+                name = run_name(config.label, env, seed, axes)
+                runs.append(
+                    PlannedRun(name, config.label, variant, env, seed, dict(axes), config, control)
+                )
+    seen: dict[str, PlannedRun] = {}
+    for run in runs:
+        if run.name in seen:
+            problems.append(
+                f"duplicate run {run.name!r} (two runs resolve to the same name; "
+                "check grid values that differ only in punctuation)"
+            )
+        seen[run.name] = run
+    if problems:
+        raise SpecError(spec.path, problems)
+    return runs
+
+
+def planned_steps(config: RunConfig) -> int:
+    """The steps a run actually ends at: the budget rounded up to whole batches."""
+    batch = config.rollout.n_envs * config.rollout.n_steps
+    return -(-config.total_steps // batch) * batch
