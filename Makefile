@@ -8,6 +8,7 @@ BIN         := $(VENV)/bin
 STAMP       := $(VENV)/.installed
 SWEEP       ?= runs/quick.toml
 WORKERS     ?=
+SWEEP_ARGS  ?=
 RUNS        ?= runs/quick
 PYTEST_ARGS ?=
 
@@ -40,7 +41,7 @@ format: $(STAMP)  ## apply ruff fixes and formatting
 	$(BIN)/ruff format .
 
 sweep: $(STAMP)  ## run a sweep spec (SWEEP=runs/quick.toml WORKERS=N)
-	$(BIN)/kfac-bench sweep $(SWEEP) $(if $(WORKERS),--workers $(WORKERS),)
+	$(BIN)/kfac-bench sweep $(SWEEP) $(if $(WORKERS),--workers $(WORKERS),) $(SWEEP_ARGS)
 
 plots: $(STAMP)  ## analyse a sweep into figures and a report (RUNS=runs/quick)
 	$(BIN)/kfac-bench analyze $(RUNS)

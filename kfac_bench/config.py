@@ -12,6 +12,7 @@ annotation; ``Literal`` fields list their valid choices in the error.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import types
 import typing
@@ -88,6 +89,14 @@ class KfacConfig:
     cold_iters: int = 0  # clipped momentum-SGD updates before K-FAC steps (baselines: 10)
     cold_momentum: float = 0.9
     stats_batch_fraction: float = 1.0  # fast knob: statistics on a subsample of the batch
+    # Speed knobs (issue 6; kfac_bench/bench_report.py FAST). Off by default: the synchronous
+    # inverse of the references. async: decompositions run on a background thread from a snapshot
+    # of the factors and are used exactly `async_staleness` updates later (waiting if needed), so
+    # runs stay reproducible and the staleness is exact (openai/baselines ran it unbounded).
+    async_inverse: bool = False
+    async_staleness: int = 5  # updates between a decomposition's snapshot and its first use
+    async_timeout_s: float = 600.0  # waiting longer than this for a decomposition: KfacError
+    inverse_threads: int = 0  # torch threads for the decompositions (0: torch's default)
     unsupported: Literal["error", "sgd"] = "error"  # parameters outside Linear/Conv2d
 
 
@@ -158,6 +167,7 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+@functools.cache
 def leaf_keys(cls: type = RunConfig, prefix: str = "") -> dict[str, Any]:
     """Every dotted leaf key of a config class, mapped to its type annotation."""
     keys: dict[str, Any] = {}
@@ -294,3 +304,27 @@ def get_value(config: RunConfig, key: str) -> Any:
     for part in key.split("."):
         obj = getattr(obj, part)
     return obj
+
+
+# Settings that do not change what a run computes, so a resumed run may differ in them.
+RESUME_INDEPENDENT = frozenset({"torch_threads"})
+
+
+def config_differences(saved: dict[str, Any], config: RunConfig) -> list[str]:
+    """``key: saved -> wanted`` for every setting where a run directory's config.json differs.
+
+    Keys missing from ``saved`` (fields added to the code since the run started) count as their
+    dataclass default, which by convention keeps the old behaviour.
+    """
+    defaults = flatten(to_dict(RunConfig(env=config.env)))
+    old, new = flatten(saved), flatten(to_dict(config))
+    missing = "(missing)"
+    diffs = []
+    for key in sorted(set(old) | set(new)):
+        if key in RESUME_INDEPENDENT:
+            continue
+        before = old.get(key, defaults.get(key, missing))
+        after = new.get(key, missing)
+        if before != after:
+            diffs.append(f"{key}: {before!r} -> {after!r}")
+    return diffs

@@ -199,19 +199,6 @@ class Entry:
         return item
 
 
-def _config_diff(saved: dict, wanted: dict) -> list[str]:
-    a, b = config_mod.flatten(saved), config_mod.flatten(wanted)
-
-    def show(flat: dict, key: str) -> str:
-        return repr(flat[key]) if key in flat else "(missing)"
-
-    missing = object()
-    keys = sorted(set(a) | set(b))
-    return [
-        f"{k}: {show(a, k)} -> {show(b, k)}" for k in keys if a.get(k, missing) != b.get(k, missing)
-    ]
-
-
 def inspect_run(run: PlannedRun, run_dir: Path, *, retry_failed: bool) -> Entry:
     """What to do with one run, from ``config.json`` and ``status.json`` in its directory."""
     from kfac_bench import store
@@ -221,7 +208,7 @@ def inspect_run(run: PlannedRun, run_dir: Path, *, retry_failed: bool) -> Entry:
     try:
         if config_path.exists():
             saved = store.read_json(config_path).get("config", {})
-            diff = _config_diff(saved, config_mod.to_dict(run.config))
+            diff = config_mod.config_differences(saved, run.config)
             if diff:
                 shown = "; ".join(diff[:3]) + (f"; … {len(diff) - 3} more" if len(diff) > 3 else "")
                 entry.state, entry.todo, entry.note = "failed", False, "config changed"
@@ -419,7 +406,7 @@ def _mark_failed(run_dir: Path, config: RunConfig, error: str) -> None:
         return
     config_path = run_dir / "config.json"
     if config_path.exists():
-        if store.read_json(config_path).get("config") != config_mod.to_dict(config):
+        if config_mod.config_differences(store.read_json(config_path).get("config", {}), config):
             return
     store.write_json(
         status_path,

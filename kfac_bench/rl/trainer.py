@@ -490,9 +490,11 @@ def train(
             )
     if (run_dir / "config.json").exists():
         saved = store.read_json(run_dir / "config.json")["config"]
-        if saved != config_mod.to_dict(config):
+        diffs = config_mod.config_differences(saved, config)
+        if diffs:
             raise ValueError(
-                f"{run_dir} holds a run with a different config; choose another --out directory"
+                f"{run_dir} holds a run with a different config ({'; '.join(diffs[:3])}); "
+                "choose another --out directory"
             )
     run_dir.mkdir(parents=True, exist_ok=True)
     resuming = checkpoint_path.exists()
