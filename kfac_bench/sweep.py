@@ -50,6 +50,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import importlib
 import importlib.util
 import math
 import multiprocessing
@@ -421,7 +422,7 @@ def _mark_failed(run_dir: Path, config: RunConfig, error: str) -> None:
 
 def _run_fidelity(run_dir: Path) -> dict[str, Any]:
     try:
-        from kfac_bench import fidelity
+        fidelity = importlib.import_module("kfac_bench.fidelity")
     except ModuleNotFoundError as error:
         if error.name in ("kfac_bench.fidelity", "kfac_bench"):
             return {"state": "failed", "error": _FIDELITY_MISSING}
