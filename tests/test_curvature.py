@@ -423,3 +423,29 @@ def test_float32_factors_by_default():
         out = net(torch.randn(4, 3, dtype=torch.float32))
         fisher.backward(out.sum())
     assert kfac.layers["Linear"].A.value.dtype == torch.float32
+
+
+def test_float32_eigh_failure_retries_in_float64_with_a_warning(monkeypatch):
+    from kfac_bench.curvature import inverse
+
+    real_eigh = torch.linalg.eigh
+
+    def failing_in_float32(matrix, *args, **kwargs):
+        if matrix.dtype == torch.float32:
+            raise torch.linalg.LinAlgError("linalg.eigh: The algorithm failed to converge")
+        return real_eigh(matrix, *args, **kwargs)
+
+    monkeypatch.setattr(torch.linalg, "eigh", failing_in_float32)
+    a = torch.randn(6, 6, dtype=torch.float32)
+    a = a @ a.T
+    with pytest.warns(RuntimeWarning, match="retried in float64"):
+        vals, vecs = inverse._eigh(a, "A of fc")
+    assert vals.dtype == torch.float32
+    torch.testing.assert_close(vecs @ torch.diag(vals) @ vecs.T, a, rtol=1e-4, atol=1e-4)
+
+    def always_failing(matrix, *args, **kwargs):
+        raise torch.linalg.LinAlgError("no convergence")
+
+    monkeypatch.setattr(torch.linalg, "eigh", always_failing)
+    with pytest.warns(RuntimeWarning), pytest.raises(inverse.FactorInverseError, match="A of fc"):
+        inverse._eigh(a, "A of fc")

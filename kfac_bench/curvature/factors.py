@@ -8,8 +8,9 @@ patch, ā = [a; 1] with the homogeneous coordinate **last**, ĝ_{n,t} the per-ex
 - (1/B) Σ_n (Σ_t ĝ)(Σ_t ĝ)ᵀ                      :func:`summed_deriv_second_moment`
 - (1/B) Σ_n ā_n ā_nᵀ with ā_n = mean_t ā          :func:`mean_patch_second_moment`
 
-The homogeneous coordinate is never materialised as a column of ones: its row/column of Ω is
-Σ ā (and B·T in the corner), which avoids copying the (B·T, K) patch matrix.
+The patch rows are written once, with the homogeneous coordinate as their last column, so Ω (its
+bias row/column Σ ā and corner B·T included) is one GEMM; see ``adapters.LayerBatch`` for what is
+materialised when (issue 6 performance notes).
 """
 
 from __future__ import annotations
@@ -77,35 +78,47 @@ class FactorStrategy(abc.ABC):
 
 
 def patch_second_moment(batch: LayerBatch, homogeneous: bool) -> torch.Tensor:
-    """Ω = (1/B) Σ_{n,t} ā āᵀ, shape (K+1)² with the bias coordinate last (K² without it)."""
-    b, t, k = batch.patches.shape
-    rows = batch.patches.reshape(b * t, k)
-    weight_block = rows.T @ rows
-    if not homogeneous:
-        return weight_block / b
-    column = rows.sum(dim=0)
-    corner = torch.full((1, 1), float(b * t), dtype=rows.dtype, device=rows.device)
-    top = torch.cat([weight_block, column[:, None]], dim=1)
-    bottom = torch.cat([column[None, :], corner], dim=1)
-    return torch.cat([top, bottom], dim=0) / b
+    """Ω = (1/B) Σ_{n,t} ā āᵀ, shape (K+1)² with the bias coordinate last (K² without it).
+
+    One GEMM over the (B·T, K+1) patch rows whose last column is the homogeneous 1, so the
+    bias row/column Σ ā and the corner B·T come out of the same product
+    (:meth:`LayerBatch.patch_rows` writes those rows once).
+    """
+    rows = batch.patch_rows(homogeneous)
+    return gram(rows, 1.0 / batch.batch_size)
 
 
 def deriv_second_moment(batch: LayerBatch) -> torch.Tensor:
-    """Γ = (1/(B·T)) Σ_{n,t} ĝ ĝᵀ, shape C_out²."""
-    b, t, c = batch.derivs.shape
-    rows = batch.derivs.reshape(b * t, c)
-    return (rows.T @ rows) / (b * t)
+    """Γ = (1/(B·T)) Σ_{n,t} ĝ ĝᵀ, shape C_out².
+
+    With ĝ = B·g this is (B/T)·Σ g gᵀ: the scale is applied once to the C² result instead of
+    to every row of ĝ.
+    """
+    rows = batch.grad_rows()
+    return gram(rows, batch.batch_size / batch.positions)
 
 
 def summed_deriv_second_moment(batch: LayerBatch) -> torch.Tensor:
-    """(1/B) Σ_n (Σ_t ĝ_{n,t})(Σ_t ĝ_{n,t})ᵀ, shape C_out² (the exact bias Fisher block)."""
-    summed = batch.derivs.sum(dim=1)
-    return (summed.T @ summed) / batch.batch_size
+    """(1/B) Σ_n (Σ_t ĝ_{n,t})(Σ_t ĝ_{n,t})ᵀ, shape C_out² (the exact bias Fisher block).
+
+    = B·Σ_n s_n s_nᵀ with s_n = Σ_t g_{n,t} (ĝ = B·g).
+    """
+    summed = batch.grad_sums()
+    return gram(summed, float(batch.batch_size))
 
 
 def mean_patch_second_moment(batch: LayerBatch, homogeneous: bool) -> torch.Tensor:
-    """(1/B) Σ_n ā_n ā_nᵀ with ā_n = mean_t ā_{n,t} (mean of the ones is 1)."""
-    means = batch.patches.mean(dim=1)
+    """(1/B) Σ_n ā_n ā_nᵀ with ā_n = mean_t ā_{n,t} (mean of the ones is 1).
+
+    ā_n comes from :meth:`LayerBatch.patch_means`, a reduction of the strided patch view: the
+    (B·T, K) im2col matrix is never built for this statistic.
+    """
+    means = batch.patch_means()
     if homogeneous:
         means = torch.cat([means, torch.ones_like(means[:, :1])], dim=1)
-    return (means.T @ means) / batch.batch_size
+    return gram(means, 1.0 / batch.batch_size)
+
+
+def gram(rows: torch.Tensor, scale: float) -> torch.Tensor:
+    """scale · rowsᵀ rows as one GEMM: the scale is BLAS's α, so no extra pass over the result."""
+    return torch.addmm(rows.new_zeros(()), rows.T, rows, beta=0.0, alpha=scale)

@@ -13,11 +13,20 @@ Gradient layout (PyTorch): M = ∇W as (C_out, K[+1]), bias column last when fol
 
 A separate bias block (``bias_G``, with A_b = 1) is treated as a Kronecker product with the 1×1
 factor [1], so all three modes apply to it unchanged.
+
+Speed knobs (issue 6, off by default): :class:`InverseJob` runs the decompositions of a snapshot
+on a background thread (``kfac.async_inverse``), and :func:`torch_threads` bounds the threads
+they use (``kfac.inverse_threads``).
 """
 
 from __future__ import annotations
 
 import math
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -70,9 +79,27 @@ class FactorPairInverse:
 
 
 def _eigh(matrix: torch.Tensor, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.linalg.eigh``; a float32 failure to converge is retried once in float64.
+
+    Rank-deficient factors (e.g. a 3137² fc factor estimated from a few hundred rows) have many
+    repeated zero eigenvalues, on which float32 LAPACK ``syevd`` can fail to converge (the
+    "eigendecomposition hangs/fails" reports against ikostrikov's ACKTR, issue #302). The retry
+    is the same decomposition at higher precision; it is announced with a warning, never silent.
+    """
     try:
         return torch.linalg.eigh(matrix)
-    except RuntimeError as error:  # torch.linalg.LinAlgError subclasses RuntimeError
+    except RuntimeError:  # torch.linalg.LinAlgError subclasses RuntimeError
+        if matrix.dtype == torch.float32:
+            warnings.warn(
+                f"float32 eigendecomposition of {what} failed to converge; retried in float64",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            try:
+                vals, vecs = torch.linalg.eigh(matrix.double())
+                return vals.float(), vecs.float()
+            except RuntimeError as error64:
+                error = error64
         raise FactorInverseError(f"eigendecomposition of {what} failed: {error}") from error
 
 
@@ -86,9 +113,12 @@ def _damped_inverse(matrix: torch.Tensor, shift: float, what: str) -> torch.Tens
     return torch.cholesky_inverse(chol)
 
 
-def _condition(eigenvalues: torch.Tensor) -> torch.Tensor:
-    top = eigenvalues.max()
-    return top / eigenvalues.min().clamp_min(torch.finfo(eigenvalues.dtype).tiny)
+def _condition(eigenvalues: torch.Tensor, floor: float) -> torch.Tensor:
+    """max / min over the eigenvalues kept (> floor); nan when none is kept."""
+    kept = eigenvalues > floor
+    top = torch.where(kept, eigenvalues, torch.zeros_like(eigenvalues)).max()
+    bottom = torch.where(kept, eigenvalues, torch.full_like(eigenvalues, float("inf"))).min()
+    return torch.where(kept.any(), top / bottom, torch.full_like(top, float("nan")))
 
 
 def invert_pair(
@@ -105,7 +135,9 @@ def invert_pair(
         diagnostics = torch.cat(
             [
                 traces,
-                torch.stack([_condition(a_vals), _condition(g_vals)]),
+                torch.stack(
+                    [_condition(a_vals, config.eigen_clip), _condition(g_vals, config.eigen_clip)]
+                ),
                 torch.stack([(~a_keep).sum(), (~g_keep).sum()]).to(a.dtype),
             ]
         )
@@ -132,3 +164,124 @@ def invert_pair(
         lam,
         torch.cat([traces, nan, zeros]),
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Decompositions off the critical path (issue 6 speed knobs; off by default)
+
+
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Run the block with ``torch.set_num_threads(count)`` (``count`` ≤ 0: leave it), then restore.
+
+    With OpenMP builds the setting is per calling thread (plus the default new threads inherit),
+    so a background decomposition can use one core while the training thread keeps its own.
+    """
+    if count <= 0:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+LayerDecomposition = tuple[FactorPairInverse, "FactorPairInverse | None"]
+
+
+def decompose_layer(
+    a: torch.Tensor, g: torch.Tensor, bias_g: torch.Tensor | None, config: KfacConfig, what: str
+) -> LayerDecomposition:
+    """The weight pair (A, G) and, when the variant gives one, the bias block ([1], bias_G)."""
+    weights = invert_pair(a, g, config, what)
+    bias = None
+    if bias_g is not None:
+        one = torch.ones(1, 1, dtype=bias_g.dtype, device=bias_g.device)
+        bias = invert_pair(one, bias_g, config, f"{what}.bias")
+    return weights, bias
+
+
+class InverseJob:
+    """Decompose a snapshot of every layer's factors on a daemon thread.
+
+    ``snapshot`` maps layer name -> (A, G, bias_G) *copies* (the running averages keep being
+    updated in place by the training thread). ``result`` maps layer name -> (weights, bias).
+    :meth:`wait` never blocks longer than ``timeout_s``: a decomposition that has not finished by
+    then raises :class:`FactorInverseError` (the daemon thread cannot hold the process at exit).
+
+    This is the asynchronous eigendecomposition of openai/baselines ``baselines/acktr/kfac.py``
+    (lines 819-866: a QueueRunner thread fills a capacity-1 queue that the train step drains when
+    it can). There, *when* a result is applied depends on thread timing; here the optimizer
+    applies it at a fixed update (``async_staleness`` after the snapshot), waiting for it if
+    needed, so a run is reproducible and its staleness exact.
+    """
+
+    def __init__(
+        self,
+        snapshot: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]],
+        config: KfacConfig,
+        *,
+        snapshot_step: int,
+        install_step: int,
+    ) -> None:
+        self.config = config
+        self.snapshot_step = snapshot_step
+        self.install_step = install_step
+        self.result: dict[str, LayerDecomposition] | None = None
+        self.error: BaseException | None = None
+        self.seconds = math.nan
+        self._done = threading.Event()
+        self._snapshot = snapshot
+        self._thread = threading.Thread(target=self._run, name="kfac-inverse", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def finished(
+        cls, result: dict[str, LayerDecomposition], *, snapshot_step: int, install_step: int
+    ) -> InverseJob:
+        """A job whose result is already known (restored from a checkpoint)."""
+        job = cls.__new__(cls)
+        job.config = None
+        job.snapshot_step, job.install_step = snapshot_step, install_step
+        job.result, job.error, job.seconds = result, None, 0.0
+        job._done = threading.Event()
+        job._done.set()
+        job._snapshot = {}
+        job._thread = None
+        return job
+
+    def _run(self) -> None:
+        start = time.perf_counter()
+        try:
+            with torch.no_grad(), torch_threads(self.config.inverse_threads):
+                self.result = {
+                    name: decompose_layer(a, g, bias_g, self.config, name)
+                    for name, (a, g, bias_g) in self._snapshot.items()
+                }
+        except BaseException as error:  # re-raised on the training thread by wait()
+            self.error = error
+        finally:
+            self._snapshot = {}
+            self.seconds = time.perf_counter() - start
+            self._done.set()
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def wait(self, timeout_s: float) -> dict[str, LayerDecomposition]:
+        """The result; raises FactorInverseError on failure or after ``timeout_s`` seconds."""
+        if not self._done.wait(timeout_s):
+            raise FactorInverseError(
+                f"asynchronous inverse (snapshot of update {self.snapshot_step}) did not finish "
+                f"within {timeout_s:g} s (kfac.async_timeout_s)"
+            )
+        if self.error is not None:
+            if isinstance(self.error, FactorInverseError):
+                raise self.error
+            raise FactorInverseError(
+                f"asynchronous inverse failed: {type(self.error).__name__}: {self.error}"
+            ) from self.error
+        return self.result

@@ -23,6 +23,15 @@ Step (openai/baselines ``baselines/acktr/kfac.py`` lines 779-801, 879-893)::
 
 Cold start (baselines, ``cold_iters`` > 0): the first updates are momentum SGD (lr, μ_cold, no (1−μ))
 on gradients clipped to ``cold_clip`` while the statistics already accumulate (kfac.py:898-922).
+
+Decompositions are recomputed every ``inverse_every`` preconditioned steps from the current running
+factors (ikostrikov ``algo/kfac.py`` Tf = 10, ACKTR-PyTorch Tf = 10). ``StepInfo.staleness`` is the
+number of updates between the statistics a step's decomposition was computed from and the step.
+With ``async_inverse`` (off by default; openai/baselines' ``async`` eigendecomposition,
+``baselines/acktr/kfac.py`` lines 819-866) a due decomposition is computed on a background thread
+from a snapshot of the factors and installed exactly ``async_staleness`` steps later (the step waits
+for it, at most ``async_timeout_s``), so the training thread overlaps the eigendecompositions with
+its own work and a run stays reproducible. The very first decomposition is always synchronous.
 """
 
 from __future__ import annotations
@@ -37,10 +46,23 @@ import torch
 from torch import nn
 
 from kfac_bench.config import KfacConfig
-from kfac_bench.curvature.adapters import UnsupportedLayerError, check_conv2d, is_supported
+from kfac_bench.curvature.adapters import (
+    UnsupportedLayerError,
+    Workspace,
+    check_conv2d,
+    is_supported,
+    using_workspace,
+)
 from kfac_bench.curvature.capture import CaptureError, LayerCapture
 from kfac_bench.curvature.factors import Factors, FactorStrategy, InitRule
-from kfac_bench.curvature.inverse import FactorInverseError, FactorPairInverse, invert_pair
+from kfac_bench.curvature.inverse import (
+    FactorInverseError,
+    FactorPairInverse,
+    InverseJob,
+    LayerDecomposition,
+    decompose_layer,
+    torch_threads,
+)
 from kfac_bench.curvature.running import RunningAverage
 
 
@@ -57,7 +79,8 @@ class StepInfo:
     q: torch.Tensor
     predicted_kl: torch.Tensor
     cold: bool
-    inverted: bool
+    inverted: bool  # a new decomposition was put in use at this step
+    staleness: int = 0  # updates between the statistics behind the decomposition and this step
 
 
 class _Layer:
@@ -98,10 +121,16 @@ class _Layer:
             )
 
     def invert(self, config: KfacConfig) -> None:
-        self.weights = invert_pair(self.A.value, self.G.value, config, self.name)
-        if self.bias_G is not None:
-            one = torch.ones(1, 1, dtype=self.dtype, device=self.bias_G.value.device)
-            self.bias = invert_pair(one, self.bias_G.value, config, f"{self.name}.bias")
+        bias_g = None if self.bias_G is None else self.bias_G.value
+        self.install(decompose_layer(self.A.value, self.G.value, bias_g, config, self.name))
+
+    def snapshot(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Copies of (A, G, bias_G) for a background decomposition (the averages move on)."""
+        bias_g = None if self.bias_G is None else self.bias_G.value.clone()
+        return self.A.value.clone(), self.G.value.clone(), bias_g
+
+    def install(self, decomposition: LayerDecomposition) -> None:
+        self.weights, self.bias = decomposition
 
     def precondition(self) -> list[tuple[nn.Parameter, torch.Tensor]]:
         """(parameter, Δ) pairs for this layer's weight (and bias) from their .grad."""
@@ -215,6 +244,16 @@ class KFAC(torch.optim.Optimizer):
         self.updates = 0  # calls to step()
         self.kfac_steps = 0  # preconditioned steps taken
         self.stats_updates = 0  # Fisher passes folded into the running averages
+        if config.async_inverse and not 1 <= config.async_staleness <= config.inverse_every:
+            raise KfacError(
+                f"kfac.async_staleness must be in [1, kfac.inverse_every = {config.inverse_every}]"
+                f", got {config.async_staleness}"
+            )
+        self._job: InverseJob | None = None  # the background decomposition in flight
+        self._workspace = Workspace()  # patch/gradient rows reused across Fisher passes
+        self._decomposed_at = 0  # kfac step whose statistics the decompositions in use come from
+        self.inverse_staleness = 0  # StepInfo.staleness of the last step
+        self.inverse_seconds = math.nan  # wall time of the last background decomposition
 
     # --- statistics -----------------------------------------------------------------------
     def statistics_due(self) -> bool:
@@ -235,15 +274,16 @@ class KFAC(torch.optim.Optimizer):
     @torch.no_grad()
     def _accumulate(self, grad_outputs: dict[str, torch.Tensor]) -> None:
         fraction = self.config.stats_batch_fraction
-        for name, layer in self.layers.items():
-            layer_input, grad_output = self.capture.inputs[name], grad_outputs[name]
-            if fraction < 1.0:
-                full = layer_input.shape[0]
-                rows = max(1, math.ceil(fraction * full))
-                # keep ĝ = B_full·g: the variant multiplies by its own (smaller) batch size
-                layer_input = layer_input[:rows]
-                grad_output = grad_output[:rows] * (full / rows)
-            layer.fold(self.variant.factors(layer.module, layer_input, grad_output))
+        with using_workspace(self._workspace):
+            for name, layer in self.layers.items():
+                layer_input, grad_output = self.capture.inputs[name], grad_outputs[name]
+                if fraction < 1.0:
+                    full = layer_input.shape[0]
+                    rows = max(1, math.ceil(fraction * full))
+                    # keep ĝ = B_full·g: the variant multiplies by its own (smaller) batch size
+                    layer_input = layer_input[:rows]
+                    grad_output = grad_output[:rows] * (full / rows)
+                layer.fold(self.variant.factors(layer.module, layer_input, grad_output))
         self.capture.clear()
         self.stats_updates += 1
         self._check_finite()
@@ -252,7 +292,9 @@ class KFAC(torch.optim.Optimizer):
         values = [
             m.value for layer in self.layers.values() for m in (layer.A, layer.G, layer.bias_G) if m
         ]
-        if bool(torch.stack([v.isfinite().all() for v in values]).all()):
+        # One reduction per factor: a NaN or ±inf entry makes its sum non-finite. (A finite
+        # factor whose sum overflows only sends us to the exact per-entry check below.)
+        if bool(torch.stack([v.sum() for v in values]).isfinite().all()):
             return
         for layer in self.layers.values():
             for label, m in (("A", layer.A), ("G", layer.G), ("bias_G", layer.bias_G)):
@@ -264,11 +306,63 @@ class KFAC(torch.optim.Optimizer):
         if self.stats_updates == 0:
             raise KfacError("K-FAC step before any Fisher pass: no statistics to invert")
         try:
-            for layer in self.layers.values():
-                layer.check_structure()
-                layer.invert(self.config)
+            with torch_threads(self.config.inverse_threads):
+                for layer in self.layers.values():
+                    layer.check_structure()
+                    layer.invert(self.config)
         except FactorInverseError as error:
             raise KfacError(str(error)) from error
+
+    def _refresh_decompositions(self) -> bool:
+        """Recompute (sync) or start/install (async) the decompositions for step ``kfac_steps``.
+
+        Returns whether a new decomposition is in use from this step on.
+        """
+        step = self.kfac_steps
+        c = self.config
+        due = step % c.inverse_every == 0
+        missing = any(layer.weights is None for layer in self.layers.values())
+        installed = False
+        if not c.async_inverse or missing:
+            if due or missing:
+                self._invert_all()
+                self._decomposed_at = step
+                installed = True
+        else:
+            if self._job is not None and step >= self._job.install_step:
+                self._install(self._job)
+                installed = True
+            if due:
+                if self.stats_updates == 0:
+                    raise KfacError("K-FAC step before any Fisher pass: no statistics to invert")
+                for layer in self.layers.values():
+                    layer.check_structure()
+                snapshot = {name: layer.snapshot() for name, layer in self.layers.items()}
+                self._job = InverseJob(
+                    snapshot, c, snapshot_step=step, install_step=step + c.async_staleness
+                )
+        self.inverse_staleness = step - self._decomposed_at
+        return installed
+
+    def _install(self, job: InverseJob) -> None:
+        try:
+            result = job.wait(self.config.async_timeout_s)
+        except FactorInverseError as error:
+            self._job = None
+            raise KfacError(str(error)) from error
+        for name, layer in self.layers.items():
+            layer.install(result[name])
+        self._decomposed_at = job.snapshot_step
+        self.inverse_seconds = job.seconds
+        self._job = None
+
+    def close(self, timeout_s: float | None = None) -> None:
+        """Wait (at most ``timeout_s``, default ``async_timeout_s``) for a background
+        decomposition in flight, then drop it. Never blocks longer; idempotent."""
+        job, self._job = self._job, None
+        if job is not None and job._thread is not None:
+            limit = self.config.async_timeout_s if timeout_s is None else timeout_s
+            job._thread.join(limit)
 
     # --- step -------------------------------------------------------------------------------
     @torch.no_grad()
@@ -277,12 +371,7 @@ class KFAC(torch.optim.Optimizer):
         self.updates += 1
         if self.updates <= self.config.cold_iters:
             return self._cold_step(lr)
-        inverted = False
-        if self.kfac_steps % self.config.inverse_every == 0 or any(
-            layer.weights is None for layer in self.layers.values()
-        ):
-            self._invert_all()
-            inverted = True
+        inverted = self._refresh_decompositions()
         self.kfac_steps += 1
 
         pairs: list[tuple[nn.Parameter, torch.Tensor]] = []
@@ -309,7 +398,9 @@ class KFAC(torch.optim.Optimizer):
                 update = state["momentum_buffer"].mul_(momentum).add_(update)
             p.add_(update, alpha=-scale)
         predicted = 0.5 * lr**2 * nu**2 * q
-        return StepInfo(lr, nu, q, predicted, cold=False, inverted=inverted)
+        return StepInfo(
+            lr, nu, q, predicted, cold=False, inverted=inverted, staleness=self.inverse_staleness
+        )
 
     @property
     def layers_dtype(self) -> torch.dtype:
@@ -354,11 +445,26 @@ class KFAC(torch.optim.Optimizer):
 
     def state_dict(self) -> dict:
         base = super().state_dict()
-        return {
+        state = {
             "optimizer": base,
             "layers": {name: layer.state_dict() for name, layer in self.layers.items()},
             "counters": [self.updates, self.kfac_steps, self.stats_updates],
+            "decomposed_at": self._decomposed_at,
         }
+        if self._job is not None:  # a background decomposition in flight: wait and keep it
+            try:
+                result = self._job.wait(self.config.async_timeout_s)
+            except FactorInverseError as error:
+                raise KfacError(str(error)) from error
+            state["pending_inverse"] = {
+                "snapshot_step": self._job.snapshot_step,
+                "install_step": self._job.install_step,
+                "layers": {
+                    name: [w.state_dict(), None if b is None else b.state_dict()]
+                    for name, (w, b) in result.items()
+                },
+            }
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         state = copy.deepcopy(state)  # running averages are updated in place later
@@ -366,6 +472,22 @@ class KFAC(torch.optim.Optimizer):
         for name, layer in self.layers.items():
             layer.load_state_dict(state["layers"][name])
         self.updates, self.kfac_steps, self.stats_updates = state["counters"]
+        self._decomposed_at = int(state.get("decomposed_at", 0))
+        self._job = None
+        pending = state.get("pending_inverse")
+        if pending is not None:
+            result = {
+                name: (
+                    FactorPairInverse.from_state_dict(w),
+                    None if b is None else FactorPairInverse.from_state_dict(b),
+                )
+                for name, (w, b) in pending["layers"].items()
+            }
+            self._job = InverseJob.finished(
+                result,
+                snapshot_step=int(pending["snapshot_step"]),
+                install_step=int(pending["install_step"]),
+            )
 
 
 __all__ = ["KFAC", "CaptureError", "KfacError", "StepInfo", "find_layers"]
