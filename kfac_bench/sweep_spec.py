@@ -173,17 +173,6 @@ def _str_list(raw: dict, key: str, problems: list[str], *, required: bool) -> li
     return list(dict.fromkeys(value))
 
 
-def flatten_table(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"kfac": {"damping": 1}}`` (an unquoted dotted TOML key) -> ``{"kfac.damping": 1}``."""
-    flat: dict[str, Any] = {}
-    for key, value in table.items():
-        if isinstance(value, dict):
-            flat.update(flatten_table(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def _check_config_key(section: str, key: str, problems: list[str]) -> Any | None:
     """The key's annotation, or None after reporting why it cannot be used in ``section``."""
     if key in SPEC_OWNED_KEYS:
@@ -376,7 +365,7 @@ def parse_spec(raw: dict[str, Any], path: Path) -> SweepSpec:
     if not isinstance(raw_set, dict):
         problems.append(f"[set] must be a table of dotted config keys, got {raw_set!r}")
         raw_set = {}
-    for key, value in flatten_table(raw_set).items():
+    for key, value in config_mod.flatten(raw_set).items():
         tp = _check_config_key("set", key, problems)
         if tp is not None and _check_value("set", key, value, tp, problems):
             overrides[key] = value
@@ -386,11 +375,11 @@ def parse_spec(raw: dict[str, Any], path: Path) -> SweepSpec:
     if not isinstance(raw_grid, dict):
         problems.append(f"[grid] must be a table of dotted config keys = lists, got {raw_grid!r}")
         raw_grid = {}
-    for key, values in flatten_table(raw_grid).items():
+    for key, values in config_mod.flatten(raw_grid).items():
         tp = _check_config_key("grid", key, problems)
         if tp is None:
             continue
-        if key in overrides or key in flatten_table(raw_set):
+        if key in overrides or key in config_mod.flatten(raw_set):
             problems.append(f"[grid] {key!r} is also in [set]; keep it in one of them")
             continue
         if not isinstance(values, list):
