@@ -14,6 +14,7 @@ step so rows are never duplicated. Run names never contain timestamps.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import platform
@@ -158,14 +159,10 @@ def truncate_csv(path: Path, max_step: int) -> int:
         return 0
     header, body = rows[0], rows[1:]
     kept = [r for r in body if r and int(float(r[0])) <= max_step]
-    lines = [header, *kept]
-    text = "".join(",".join(_csv_quote(c) for c in r) + "\r\n" for r in lines)
-    write_atomic(path, text.encode())
+    text = io.StringIO()
+    csv.writer(text).writerows([header, *kept])
+    write_atomic(path, text.getvalue().encode())
     return len(kept)
-
-
-def _csv_quote(cell: str) -> str:
-    return f'"{cell}"' if any(ch in cell for ch in ',"\n') else cell
 
 
 def git_info() -> tuple[str, bool]:

@@ -365,7 +365,8 @@ def parse_spec(raw: dict[str, Any], path: Path) -> SweepSpec:
     if not isinstance(raw_set, dict):
         problems.append(f"[set] must be a table of dotted config keys, got {raw_set!r}")
         raw_set = {}
-    for key, value in config_mod.flatten(raw_set).items():
+    flat_set = config_mod.flatten(raw_set)
+    for key, value in flat_set.items():
         tp = _check_config_key("set", key, problems)
         if tp is not None and _check_value("set", key, value, tp, problems):
             overrides[key] = value
@@ -379,7 +380,7 @@ def parse_spec(raw: dict[str, Any], path: Path) -> SweepSpec:
         tp = _check_config_key("grid", key, problems)
         if tp is None:
             continue
-        if key in overrides or key in config_mod.flatten(raw_set):
+        if key in overrides or key in flat_set:
             problems.append(f"[grid] {key!r} is also in [set]; keep it in one of them")
             continue
         if not isinstance(values, list):

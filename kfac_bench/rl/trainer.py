@@ -84,8 +84,10 @@ def sample_actions(logits: torch.Tensor) -> torch.Tensor:
 
 
 def fisher_loss(logits, values, actions, vf_fisher_coef: float, include_value: bool):
-    """mean log π(a) [+ vf_fisher_coef · mean((v − stopgrad(v + ε))²)]: per-example derivatives
-    are onehot(a) − p at the logits and 2ε·coef... at the value (its sign is irrelevant to G)."""
+    """mean log π(a) [− vf_fisher_coef · mean((v − stopgrad(v + ε))²)], ε ~ N(0, 1).
+
+    Per-example derivatives: onehot(a) − p at the logits, 2·vf_fisher_coef·ε at the value (the
+    sign of either term does not change the G statistics; REFERENCES.md §7.4)."""
     log_probs = F.log_softmax(logits, dim=-1).gather(1, actions[:, None]).squeeze(1)
     loss = log_probs.mean()
     if include_value and vf_fisher_coef:
