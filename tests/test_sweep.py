@@ -347,6 +347,14 @@ steps = 20_000
 """
 
 
+def _checkpointed(run_dir: Path) -> bool:
+    try:
+        status = store.read_json(run_dir / "status.json")
+    except (OSError, ValueError):
+        return False
+    return (run_dir / "checkpoint.pt").exists() and status.get("steps", 0) > 0
+
+
 def test_killed_sweep_resumes_without_lost_or_duplicated_rows(tmp_path, capsys):
     spec = write_spec(tmp_path, KILL, "kill")
     root = tmp_path / "kill"
@@ -373,7 +381,9 @@ def test_killed_sweep_resumes_without_lost_or_duplicated_rows(tmp_path, capsys):
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            if all((root / n / "checkpoint.pt").exists() for n in names):
+            # the trainer renames checkpoint.pt into place, then rewrites status.json: wait for
+            # both, so the kill cannot fall between them
+            if all(_checkpointed(root / n) for n in names):
                 break
             assert parent.poll() is None, "the sweep ended before it could be killed"
             time.sleep(0.05)
