@@ -62,6 +62,7 @@ class OptimConfig:
     rmsprop_eps: float = 1e-5
     critic: Literal["shared", "separate-adam"] = "shared"  # separate-adam: the seed notebook
     critic_lr: float = 1e-3
+    critic_steps: int = 1  # separate-adam: full-batch Adam steps on the value loss per update
 
 
 @dataclass(frozen=True)
@@ -265,6 +266,18 @@ def with_overrides(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
     for key, value in overrides.items():
         tp = check_key(key)
         config = _replace_path(config, key.split("."), coerce(key, value, tp))
+    return config
+
+
+def check_consistency(config: RunConfig) -> RunConfig:
+    """Constraints between keys that types cannot express. Raises ConfigError; returns config."""
+    optim = config.optim
+    if optim.critic_steps < 1:
+        raise ConfigError(f"optim.critic_steps: {optim.critic_steps} must be at least 1")
+    if optim.critic_steps > 1 and (optim.algo != "acktr" or optim.critic != "separate-adam"):
+        raise ConfigError(
+            "optim.critic_steps > 1 needs optim.algo='acktr' and optim.critic='separate-adam'"
+        )
     return config
 
 

@@ -80,6 +80,46 @@ def test_fisher_pass_gradient_at_logits_is_onehot_minus_p():
     torch.testing.assert_close(per_example, want)
 
 
+def test_extra_critic_steps_are_adam_on_the_value_loss(tmp_path):
+    """fit_critic(k) = k Adam steps (recurrences written out here) on vf_coef·mean((V − R)²),
+    gradients by autograd of that formula; the actor is not touched."""
+    config = build_config(
+        "CartPole-v1",
+        overrides={"optim.critic": "separate-adam", "optim.critic_lr": 0.05, "loss.vf_coef": 0.7},
+    )
+    trainer = trainer_mod.Trainer(config, tmp_path / "run")
+    policy = trainer.policy
+    torch.manual_seed(1)
+    obs, returns = torch.randn(24, 4), 5.0 * torch.randn(24)
+    actor_before = [p.detach().clone() for p in policy.actor.parameters()]
+    critic = [p.detach().clone() for p in policy.critic.parameters()]
+
+    def value(params, x):  # the critic MLP 64-64 tanh written out
+        w0, b0, w1, b1, w2, b2 = params
+        h = torch.tanh(x @ w0.T + b0)
+        h = torch.tanh(h @ w1.T + b1)
+        return (h @ w2.T + b2).squeeze(-1)
+
+    lr, (beta1, beta2), eps = 0.05, (0.9, 0.999), 1e-8
+    m = [torch.zeros_like(p) for p in critic]
+    v = [torch.zeros_like(p) for p in critic]
+    for t in range(1, 4):
+        params = [p.clone().requires_grad_(True) for p in critic]
+        loss = 0.7 * (value(params, obs) - returns).pow(2).mean()
+        grads = torch.autograd.grad(loss, params)
+        for i, g in enumerate(grads):
+            m[i] = beta1 * m[i] + (1 - beta1) * g
+            v[i] = beta2 * v[i] + (1 - beta2) * g * g
+            step = lr * (m[i] / (1 - beta1**t)) / ((v[i] / (1 - beta2**t)).sqrt() + eps)
+            critic[i] = critic[i] - step
+
+    trainer.fit_critic(obs, returns, 3)
+    for got, want in zip(policy.critic.parameters(), critic):
+        torch.testing.assert_close(got.detach(), want, rtol=1e-5, atol=1e-6)
+    for got, want in zip(policy.actor.parameters(), actor_before):
+        assert torch.equal(got.detach(), want)
+
+
 # --------------------------------------------------------------------------------------------
 # determinism, resume, divergence (in process, tiny budgets)
 
@@ -266,6 +306,11 @@ def test_cli_play_writes_a_gif(tmp_path):
         ),
         (["--env", "CartPole-v1", "--set", "kfac.damping_mode=exact"], "is not one of 'eigen'"),
         (["--env", "CartPole-v1", "--set", "nokey"], "--set expects key=value"),
+        (["--env", "CartPole-v1", "--set", "optim.critic_steps=0"], "must be at least 1"),
+        (
+            ["--env", "CartPole-v1", "--preset", "a2c", "--set", "optim.critic_steps=2"],
+            "optim.critic_steps > 1 needs optim.algo='acktr'",
+        ),
     ],
 )
 def test_cli_bad_input_is_one_clear_line(tmp_path, args, message):

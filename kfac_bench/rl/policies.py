@@ -191,6 +191,10 @@ class ActorCritic(nn.Module):
         features = self.trunk(x)
         return self.pi(features), self.v(features).squeeze(-1)
 
+    def critic_value(self, obs: torch.Tensor) -> torch.Tensor:
+        """Separate-critic mode only: value (B,) without running the actor."""
+        return self.critic(self._prepare(obs))
+
     def kfac_module(self) -> nn.Module:
         """What K-FAC preconditions: the whole net when shared, only the actor otherwise."""
         return self.actor if self.separate_critic else self

@@ -189,7 +189,7 @@ class Trainer:
             self.optimizer: torch.optim.Optimizer = self.kfac
             if separate:
                 self.critic_optimizer = torch.optim.Adam(
-                    self.policy.critic_parameters(), lr=config.optim.critic_lr
+                    self.policy.critic_parameters(), lr=config.optim.critic_lr, fused=True
                 )
         else:
             self.optimizer = torch.optim.RMSprop(
@@ -324,6 +324,7 @@ class Trainer:
             metrics.update(nu=info.nu, predicted_kl=info.predicted_kl)
             if self.critic_optimizer is not None:
                 self.critic_optimizer.step()
+                self.fit_critic(obs, returns, c.optim.critic_steps - 1)
         else:
             if c.optim.max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(self.policy.parameters(), c.optim.max_grad_norm)
@@ -338,6 +339,21 @@ class Trainer:
                 if self.kfac is not None:
                     metrics["kl"] = (old.exp() * (old - new)).sum(-1).mean()
         return metrics
+
+    def fit_critic(self, obs: torch.Tensor, returns: torch.Tensor, steps: int) -> None:
+        """``steps`` more full-batch Adam steps of the separate critic towards fixed ``returns``.
+
+        The critic is fitted several times per batch, as the value function in ACKTR's
+        continuous-control code is (openai/baselines ``acktr/value_functions.py``
+        ``NeuralNetValueFunction.fit``); the targets stay those computed before the update."""
+        assert self.critic_optimizer is not None
+        for _ in range(steps):
+            value_loss = (self.policy.critic_value(obs) - returns).pow(2).mean()
+            if self.config.loss.value_loss == "half-mse":
+                value_loss = 0.5 * value_loss
+            self.critic_optimizer.zero_grad(set_to_none=True)
+            (self.config.loss.vf_coef * value_loss).backward()
+            self.critic_optimizer.step()
 
     def check_parameters(self) -> None:
         finite = torch.stack([p.isfinite().all() for p in self.policy.parameters()]).all()
