@@ -43,6 +43,7 @@ UPDATE_COLUMNS = [
     "nu",
     "lr",
     "grad_norm",
+    "inverse_staleness",  # K-FAC: updates between the decomposition's statistics and this step
 ]
 STATES = ("running", "done", "failed", "diverged")
 
@@ -126,6 +127,15 @@ class CsvLog:
         self.path = path
         self.columns = columns
         fresh = not path.exists() or path.stat().st_size == 0
+        if not fresh:
+            with path.open(newline="") as handle:
+                header = next(csv.reader(handle), [])
+            if header != columns:
+                raise ValueError(
+                    f"{path} was written with other columns than this version writes "
+                    f"({len(header)} vs {len(columns)}); resume it with the version that "
+                    "started it, or use another --out directory"
+                )
         self.handle = path.open("a", newline="")
         self.writer = csv.writer(self.handle)
         if fresh:

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import variants
+from kfac_bench import store
 from kfac_bench.config import KfacConfig, PolicyConfig
 from kfac_bench.curvature import KFAC
 from kfac_bench.presets import build_config
@@ -224,6 +225,33 @@ def test_exception_is_recorded_as_failed(tmp_path):
         trainer_mod.train(config, tmp_path / "run")
     status = json.loads((tmp_path / "run/status.json").read_text())
     assert status["state"] == "failed" and status["error"]
+
+
+@pytest.mark.parametrize("async_staleness", [None, 2])
+def test_updates_csv_logs_the_inverse_staleness(tmp_path, async_staleness):
+    """inverse_staleness = updates since the statistics behind the decomposition in use: with
+    inverse_every k, decompositions come from updates 0, k, 2k, …; a synchronous one is used at
+    once, an asynchronous one from `async_staleness` updates later (the first is synchronous)."""
+    every = 3
+    extra = {"kfac.inverse_every": every, "log.update_every": 1}
+    if async_staleness is not None:
+        extra.update({"kfac.async_inverse": True, "kfac.async_staleness": async_staleness})
+    trainer_mod.train(tiny_config(steps=256 * 8, **extra), tmp_path / "run")
+    logged = [int(r["inverse_staleness"]) for r in read_rows(tmp_path / "run/updates.csv")]
+    delay = async_staleness or 0
+    want = []
+    for i in range(8):  # update i + 1 uses the newest decomposition already installed
+        installed = [s for s in range(0, i + 1, every) if s == 0 or s + delay <= i]
+        want.append(i - max(installed))
+    assert logged == want
+
+
+def test_run_files_with_other_columns_are_refused(tmp_path):
+    path = tmp_path / "updates.csv"
+    path.write_text("step,wall_time,update\n256,0.1,1\n")
+    with pytest.raises(ValueError, match="written with other columns"):
+        store.CsvLog(path, store.UPDATE_COLUMNS)
+    assert path.read_text() == "step,wall_time,update\n256,0.1,1\n"
 
 
 def test_config_json_records_everything(tmp_path):

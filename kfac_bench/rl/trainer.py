@@ -318,10 +318,13 @@ class Trainer:
             "kl": None,
             "predicted_kl": None,
             "nu": None,
+            "inverse_staleness": None,
         }
         if self.kfac is not None:
             info = self.kfac.step()
-            metrics.update(nu=info.nu, predicted_kl=info.predicted_kl)
+            metrics.update(
+                nu=info.nu, predicted_kl=info.predicted_kl, inverse_staleness=info.staleness
+            )
             if self.critic_optimizer is not None:
                 self.critic_optimizer.step()
                 self.fit_critic(obs, returns, c.optim.critic_steps - 1)
