@@ -346,9 +346,11 @@ class Trainer:
     def fit_critic(self, obs: torch.Tensor, returns: torch.Tensor, steps: int) -> None:
         """``steps`` more full-batch Adam steps of the separate critic towards fixed ``returns``.
 
-        The critic is fitted several times per batch, as the value function in ACKTR's
+        obs: (B, *obs_shape); returns: (B,) — the targets computed before the update. Loss
+        vf_coef · mean((V(s) − R)²) (½ of it under ``half-mse``), as in ``training_loss``. The
+        critic is fitted several times per batch as the value function of ACKTR's
         continuous-control code is (openai/baselines ``acktr/value_functions.py``
-        ``NeuralNetValueFunction.fit``); the targets stay those computed before the update."""
+        ``NeuralNetValueFunction.fit``: 25 K-FAC steps per batch there)."""
         assert self.critic_optimizer is not None
         for _ in range(steps):
             value_loss = (self.policy.critic_value(obs) - returns).pow(2).mean()
