@@ -17,25 +17,15 @@ The heavy imports (pandas, matplotlib) happen on first use, so importing the pac
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
-from pathlib import Path
+from typing import Any
 
 __all__ = ["analyze"]
 
 
-def analyze(
-    runs_dir: str | os.PathLike[str],
-    out: str | os.PathLike[str] | None = None,
-    metric: str = "iqm",
-    n_bootstrap: int = 2000,
-    seed: int = 0,
-    log: Callable[[str], None] | None = None,
-) -> Path:
-    """Analyse a sweep directory; write ``<out>/report.md`` (+ html, figures, CSV); return it.
+def __getattr__(name: str) -> Any:
+    """``analysis.analyze`` is :func:`analysis.report.analyze`, imported on first use."""
+    if name == "analyze":
+        from analysis.report import analyze
 
-    See :func:`analysis.report.analyze`.
-    """
-    from analysis.report import analyze as _analyze
-
-    return _analyze(runs_dir, out=out, metric=metric, n_bootstrap=n_bootstrap, seed=seed, log=log)
+        return analyze
+    raise AttributeError(f"module 'analysis' has no attribute {name!r}")

@@ -26,8 +26,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from kfac_bench.store import EPISODE_COLUMNS
+
 RUN_FILES = ("config.json", "episodes.csv", "updates.csv", "status.json")
-EPISODE_COLUMNS = ("step", "wall_time", "return", "length")
 ID_COLUMNS = ("run", "label", "env", "seed")
 _RUN_NAME = re.compile(r"^(?P<label>[^_].*?)__(?P<env>.+?)__s(?P<seed>\d+)(?P<rest>(__.+)?)$")
 

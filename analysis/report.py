@@ -10,16 +10,16 @@ aggregates (:mod:`analysis.tables`, :mod:`analysis.aggregate`), draws the figure
   ``aggregate.csv``, ``poi.csv``, ``support.csv``, ``normalisation.csv``, ``curves.csv`` and,
   when present, ``fidelity.csv``.
 
-Every file is written atomically (temporary file + ``os.replace``).
+Every file is written atomically (:func:`kfac_bench.store.write_atomic`).
 """
 
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 import re
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ import pandas as pd
 from analysis import aggregate, plots, tables
 from analysis.compute import CONFIDENCE, METRICS, Analysis, compute
 from analysis.load import load_sweep
+from kfac_bench.store import write_atomic
 
 Log = Callable[[str], None]
 FILE_MODE = 0o644  # report files are meant to be read by others
@@ -42,22 +43,8 @@ CI_TEXT = "95% percentile stratified-bootstrap CI ({reps} resamples, seed {seed}
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same directory + ``os.replace``."""
-    write_bytes_atomic(path, text.encode("utf-8"))
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, FILE_MODE)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``text`` to ``path`` atomically (:func:`kfac_bench.store.write_atomic`)."""
+    write_atomic(path, text.encode("utf-8"), mode=FILE_MODE)
 
 
 def write_csv_atomic(path: Path, frame: pd.DataFrame) -> None:
@@ -67,18 +54,10 @@ def write_csv_atomic(path: Path, frame: pd.DataFrame) -> None:
 
 def save_figure(fig: Any, directory: Path, name: str) -> Path:
     """Save ``fig`` as ``name.png`` and ``name.svg`` atomically; return the PNG path."""
-    directory.mkdir(parents=True, exist_ok=True)
     for ext in ("png", "svg"):
-        target = directory / f"{name}.{ext}"
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=f".{ext}")
-        os.close(fd)
-        try:
-            fig.savefig(tmp, format=ext, dpi=110)
-            os.chmod(tmp, FILE_MODE)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format=ext, dpi=110)
+        write_atomic(directory / f"{name}.{ext}", buffer.getvalue(), mode=FILE_MODE)
     plots.close(fig)
     return directory / f"{name}.png"
 

@@ -23,6 +23,7 @@ every ratio is measured within one benchmark (interleaved rounds), not across be
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import os
@@ -37,8 +38,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-#: The documented fast setting: dotted overrides on top of any preset (the lead adds it as a
-#: preset). Each knob trades fidelity for time, so none is on by default:
+from kfac_bench import store
+
+#: The documented fast setting: dotted overrides on top of any preset (`[set]` in a spec or
+#: `--set` on the CLI). Each knob trades fidelity for time, so none is on by default:
 #:
 #: * ``kfac.stats_batch_fraction`` 0.25: factor statistics from the first quarter of the batch
 #:   (160 of 640 rows on Atari), rescaled so ĝ keeps the full batch's scale. Their GEMMs shrink
@@ -183,9 +186,7 @@ def run(device: str, out: Path, pytest_args: list[str]) -> int:
         "loadavg_start": load_start,
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    tmp = json_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(json_path)
+    store.write_atomic(json_path, json.dumps(data, indent=1).encode())
     report = render(json_path, out)
     print(f"bench_report: {json_path} ({wall / 60:.1f} min, pytest exit {code}) -> {report}")
     return code
@@ -283,9 +284,7 @@ def render(json_path: Path, out_dir: Path | None = None) -> Path:
     has_chart = _chart(data, chart)
     lines = _markdown(data, json_path, chart if has_chart else None)
     report = out_dir / "report.md"
-    tmp = report.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(report)
+    store.write_atomic(report, ("\n".join(lines) + "\n").encode())
     return report
 
 
@@ -600,8 +599,10 @@ def _chart(data: dict[str, Any], path: Path) -> bool:
     for i, v in enumerate(values):
         ax.text(i, v, f"{v:.2f}", ha="center", va="bottom", fontsize=8)
     ax.set_title("ACKTR vs A2C (same session, interleaved)")
-    fig.savefig(path, dpi=110)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
+    store.write_atomic(path, buffer.getvalue())
     return True
 
 

@@ -18,8 +18,6 @@ from kfac_bench.config import (
     ConfigError,
     RunConfig,
     check_consistency,
-    check_key,
-    coerce,
     with_overrides,
 )
 
@@ -279,6 +277,4 @@ def build_config(
     config = with_overrides(config, chosen.values)
     if total_steps is not None:
         config = with_overrides(config, {"total_steps": total_steps})
-    for key, value in (overrides or {}).items():
-        coerce(key, value, check_key(key))
     return check_consistency(with_overrides(config, overrides or {}))

@@ -27,8 +27,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import torch
-
 EPISODE_COLUMNS = ["step", "wall_time", "return", "length"]
 UPDATE_COLUMNS = [
     "step",
@@ -70,19 +68,16 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-def _temp_file(path: Path) -> tuple[int, str]:
-    """A temp file beside ``path`` with ordinary permissions (mkstemp would give 0600)."""
+def write_atomic(path: Path, data: bytes, mode: int | None = None) -> None:
+    """Write to a temp file in the same directory, fsync, then rename over ``path``.
+
+    The file gets ``mode``, or by default the ordinary permissions (0666 minus the umask;
+    mkstemp alone would leave 0600). The one atomic-write mechanism of the project."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.chmod(tmp, 0o666 & ~_UMASK)
-    return fd, tmp
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same directory, fsync, then rename over ``path``."""
-    fd, tmp = _temp_file(path)
     try:
         with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), 0o666 & ~_UMASK if mode is None else mode)
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
@@ -101,19 +96,18 @@ def read_json(path: Path) -> Any:
 
 
 def save_torch(path: Path, obj: Any) -> None:
-    """torch.save through a temp file and a rename (a kill never leaves a torn checkpoint)."""
-    fd, tmp = _temp_file(path)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """torch.save through :func:`write_atomic` (a kill never leaves a torn checkpoint)."""
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_atomic(path, buffer.getvalue())
 
 
 def load_checkpoint(path: Path) -> dict:
     """Load with ``weights_only=True``: tensors and plain containers only, no arbitrary pickle."""
+    import torch
+
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
@@ -199,6 +193,8 @@ def git_info() -> tuple[str, bool]:
 def versions() -> dict[str, str]:
     from importlib import metadata
 
+    import torch
+
     found = {"python": sys.version.split()[0], "torch": torch.__version__}
     for name in ("kfac-bench", "numpy", "gymnasium", "ale-py", "minatar"):
         try:
@@ -209,6 +205,8 @@ def versions() -> dict[str, str]:
 
 
 def provenance(device: str) -> dict[str, Any]:
+    import torch
+
     commit, dirty = git_info()
     return {
         "git_commit": commit,

@@ -507,7 +507,7 @@ def test_ctrl_c_stops_workers_and_leaves_resumable_runs(tmp_path, capsys):
 
     def interrupt() -> None:
         deadline = time.monotonic() + 60
-        while not (run_dir / "checkpoint.pt").exists() and time.monotonic() < deadline:
+        while not _checkpointed(run_dir) and time.monotonic() < deadline:
             time.sleep(0.05)
         os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C does to the sweep process
 

@@ -25,6 +25,7 @@ from kfac_bench.fidelity.compare import DAMPING_MODES, Settings, measure
 from kfac_bench.fidelity.output import write_csv, write_figure
 from kfac_bench.presets import env_family
 from kfac_bench.rl.envs import make_env
+from kfac_bench.rl.trainer import resolve_device
 from kfac_bench.store import env_slug
 
 # Default batch per env family: a minute on two CPU cores for the MLP and the MinAtar CNN.
@@ -53,14 +54,6 @@ class Request:
     max_jacobian_mb: float = 4096.0
     reference: bool = True
     figure: bool = True
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda requested but torch.cuda.is_available() is False")
-    return torch.device(name)
 
 
 def default_out(request: Request, env_id: str) -> Path:
@@ -109,7 +102,7 @@ def _fidelity(request: Request, source: Source, log: Callable[[str], None] | Non
     batch = request.batch or DEFAULT_BATCH[env_family(config.env)]
     if batch < 1:
         raise ValueError(f"--batch must be at least 1, got {batch}")
-    device = _device(request.device or config.device)
+    device = resolve_device(request.device or config.device)
     kfac = config.kfac
     if request.dampings is not None:
         # an explicit λ grid: per-factor γ follows λ (γ = √λ) so the rows form one sweep

@@ -306,9 +306,11 @@ class Trainer:
         if self.critic_optimizer is not None:
             self.critic_optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.sqrt(
-            sum(p.grad.pow(2).sum() for p in self.policy.parameters() if p.grad is not None)
-        )
+        grad_norm = None  # only logged rows need it
+        if log:
+            grad_norm = torch.sqrt(
+                sum(p.grad.pow(2).sum() for p in self.policy.parameters() if p.grad is not None)
+            )
         metrics: dict[str, torch.Tensor | float | None] = {
             "policy_loss": terms.policy.detach(),
             "value_loss": terms.value.detach(),
