@@ -42,24 +42,19 @@ class Preset:
     values: dict[str, Any]
 
 
+_VECTOR_OBS_BASE: dict[str, Any] = {
+    "torch_threads": 1,
+    "policy.arch": "mlp",
+    "policy.activation": "tanh",
+    "rollout.n_envs": 16,
+    "rollout.n_steps": 16,
+    "total_steps": 100_000,
+}
+
 # Per-family base layer: the network and batch shape that suit the observation type.
 FAMILY_BASE: dict[EnvFamily, dict[str, Any]] = {
-    "classic": {
-        "torch_threads": 1,
-        "policy.arch": "mlp",
-        "policy.activation": "tanh",
-        "rollout.n_envs": 16,
-        "rollout.n_steps": 16,
-        "total_steps": 100_000,
-    },
-    "generic": {
-        "torch_threads": 1,
-        "policy.arch": "mlp",
-        "policy.activation": "tanh",
-        "rollout.n_envs": 16,
-        "rollout.n_steps": 16,
-        "total_steps": 100_000,
-    },
+    "classic": _VECTOR_OBS_BASE,
+    "generic": _VECTOR_OBS_BASE,
     "minatar": {
         "torch_threads": 1,
         "policy.arch": "minatar-cnn",
