@@ -152,6 +152,19 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _unique(values: list[Any], where: str, problems: list[str]) -> list[Any]:
+    """``values`` without repeats, in order; each repeat is reported as a duplicate run.
+
+    Compared by equality, not hashing: grid values may be lists (``policy.hidden``)."""
+    unique: list[Any] = []
+    for value in values:
+        if value in unique:
+            problems.append(f"{where}: {value!r} is listed twice (duplicate runs)")
+        else:
+            unique.append(value)
+    return unique
+
+
 def _str_list(raw: dict, key: str, problems: list[str], *, required: bool) -> list[str] | None:
     """A non-empty list of strings without repeats (each repeat reported as a duplicate run)."""
     if key not in raw:
@@ -165,12 +178,7 @@ def _str_list(raw: dict, key: str, problems: list[str], *, required: bool) -> li
     if not value:
         problems.append(f"`{key}` is empty; list at least one (or leave the key out)")
         return None
-    seen: set[str] = set()
-    for item in value:
-        if item in seen:
-            problems.append(f"`{key}`: {item!r} is listed twice (duplicate runs)")
-        seen.add(item)
-    return list(dict.fromkeys(value))
+    return _unique(value, f"`{key}`", problems)
 
 
 def _check_config_key(section: str, key: str, problems: list[str]) -> Any | None:
@@ -323,12 +331,7 @@ def parse_spec(raw: dict[str, Any], path: Path) -> SweepSpec:
         if not raw_seeds:
             problems.append("`seeds` is empty; list at least one seed")
         else:
-            seen_seeds: set[int] = set()
-            for s in raw_seeds:
-                if s in seen_seeds:
-                    problems.append(f"`seeds`: {s} is listed twice (duplicate runs)")
-                seen_seeds.add(s)
-            seeds = list(dict.fromkeys(raw_seeds))
+            seeds = _unique(raw_seeds, "`seeds`", problems)
     else:
         problems.append(
             f"`seeds` must be a list of non-negative ints or an int n, got {raw_seeds!r}"
@@ -390,14 +393,9 @@ def parse_spec(raw: dict[str, Any], path: Path) -> SweepSpec:
             problems.append(f"[grid] {key!r} is an empty axis; list at least one value")
             continue
         ok = all([_check_value("grid", key, v, tp, problems) for v in values])
-        seen: list[Any] = []
-        for v in values:
-            if v in seen:
-                problems.append(f"[grid] {key!r}: {v!r} is listed twice (duplicate runs)")
-            else:
-                seen.append(v)
+        unique = _unique(values, f"[grid] {key!r}", problems)
         if ok:
-            grid[key] = seen
+            grid[key] = unique
 
     if problems:
         raise SpecError(path, problems)

@@ -302,13 +302,17 @@ class KFAC(torch.optim.Optimizer):
                     raise KfacError(f"non-finite {label} factor in layer {layer.name!r}")
 
     # --- inverse ----------------------------------------------------------------------------
-    def _invert_all(self) -> None:
+    def _check_ready_to_invert(self) -> None:
         if self.stats_updates == 0:
             raise KfacError("K-FAC step before any Fisher pass: no statistics to invert")
+        for layer in self.layers.values():
+            layer.check_structure()
+
+    def _invert_all(self) -> None:
+        self._check_ready_to_invert()
         try:
             with torch_threads(self.config.inverse_threads):
                 for layer in self.layers.values():
-                    layer.check_structure()
                     layer.invert(self.config)
         except FactorInverseError as error:
             raise KfacError(str(error)) from error
@@ -333,10 +337,7 @@ class KFAC(torch.optim.Optimizer):
                 self._install(self._job)
                 installed = True
             if due:
-                if self.stats_updates == 0:
-                    raise KfacError("K-FAC step before any Fisher pass: no statistics to invert")
-                for layer in self.layers.values():
-                    layer.check_structure()
+                self._check_ready_to_invert()
                 snapshot = {name: layer.snapshot() for name, layer in self.layers.items()}
                 self._job = InverseJob(
                     snapshot, c, snapshot_step=step, install_step=step + c.async_staleness
