@@ -50,19 +50,39 @@ class LossConfig:
     value_loss: Literal["mse", "half-mse"] = "mse"  # mean((v−R)²) (baselines HEAD) or ½ of it
 
 
+Algo = Literal["acktr", "a2c", "ppo"]
+FirstOrderOptimizer = Literal["rmsprop-tf", "rmsprop-torch", "adam"]
+
+
 @dataclass(frozen=True)
 class OptimConfig:
-    """The outer optimiser: ``acktr`` (K-FAC) or the first-order control ``a2c`` (RMSprop)."""
+    """The update rule: ``acktr`` (K-FAC step) or a first-order control, ``a2c`` / ``ppo``."""
 
-    algo: Literal["acktr", "a2c"] = "acktr"
+    algo: Algo = "acktr"
     lr: float = 0.25
     lr_schedule: Literal["constant", "linear"] = "linear"
-    max_grad_norm: float | None = 0.5  # a2c: every step; acktr: cold-start steps only
+    max_grad_norm: float | None = 0.5  # a2c/ppo: every step; acktr: cold-start steps only
+    # a2c/ppo only. rmsprop-tf: TF1 semantics (ε inside the root, square average starts at 1) as
+    # openai/baselines A2C; rmsprop-torch: torch.optim.RMSprop (SB3's A2C default); adam: PPO.
+    first_order: FirstOrderOptimizer = "rmsprop-tf"
     rmsprop_alpha: float = 0.99
     rmsprop_eps: float = 1e-5
+    adam_eps: float = 1e-5  # SB3 ActorCriticPolicy and CleanRL ppo.py both use 1e-5
     critic: Literal["shared", "separate-adam"] = "shared"  # separate-adam: the seed notebook
     critic_lr: float = 1e-3
     critic_steps: int = 1  # separate-adam: full-batch Adam steps on the value loss per update
+
+
+@dataclass(frozen=True)
+class PpoConfig:
+    """PPO-clip epochs over one batch (``optim.algo = "ppo"``; SB3 ``PPO``, CleanRL ``ppo.py``)."""
+
+    n_epochs: int = 10
+    minibatch_size: int = 64  # transitions per minibatch (SB3 ``batch_size``)
+    clip_range: float = 0.2
+    clip_range_schedule: Literal["constant", "linear"] = "constant"  # linear: with the lr factor
+    clip_value: float | None = None  # clip the value change (CleanRL clip_vloss), None: off
+    target_kl: float | None = None  # stop the epochs once approx KL exceeds 1.5·target (SB3)
 
 
 @dataclass(frozen=True)
@@ -145,6 +165,7 @@ class RunConfig:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    ppo: PpoConfig = field(default_factory=PpoConfig)
     kfac: KfacConfig = field(default_factory=KfacConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     atari: AtariConfig = field(default_factory=AtariConfig)
@@ -152,8 +173,8 @@ class RunConfig:
 
     @property
     def label(self) -> str:
-        """What tables and figures call this run: the variant, or ``a2c`` for the control."""
-        return "a2c" if self.optim.algo == "a2c" else self.variant
+        """What tables and figures call this run: the variant, or the control's algo name."""
+        return self.variant if self.optim.algo == "acktr" else self.optim.algo
 
 
 # ---------------------------------------------------------------------------------------------
