@@ -38,12 +38,12 @@ UPDATE_COLUMNS = [
     "entropy",
     "kl",  # measured policy KL(π_old ‖ π_new) on the batch, for the step actually applied
     "predicted_kl",  # ½ΔθᵀF̃Δθ of the applied Δθ (momentum included), policy parameters only
-    "predicted_kl_total",  # the same quadratic model over all preconditioned parameters
-    "trust_q",  # the trust region's q = lr²·Σ⟨F̃⁻¹g, g⟩ that set ν
     "nu",
     "lr",
     "grad_norm",
     "inverse_staleness",  # K-FAC: updates between the decomposition's statistics and this step
+    "predicted_kl_total",  # the same quadratic model over all preconditioned parameters
+    "trust_q",  # the trust region's q = Σ⟨F̃⁻¹g, g⟩ that set ν (ν = min(1, sqrt(δ/(lr²·q))))
     "clip_fraction",  # PPO: fraction of ratios outside [1−ε, 1+ε] over the last epoch
 ]
 STATES = ("running", "done", "failed", "diverged")

@@ -284,20 +284,24 @@ def test_running_average_identity_init():
     torch.testing.assert_close(avg.value, want)
 
 
-def test_running_average_zeros_then_plain_average_then_ema():
+def test_running_average_zeros_average_is_the_mean_so_far_then_baselines_then_ema():
+    """k < N: the mean of the k batches so far (never a partial sum); k = N: exactly
+    openai/baselines' accumulation (zeros, then + S_k/N for N batches, kfac.py:444-490); after:
+    the EMA from there."""
     s = stats(6)
-    avg = RunningAverage(0.99, InitRule("zeros-average", steps=4), torch.float64)
-    for x in s[:2]:
-        avg.update(x)
-    torch.testing.assert_close(avg.value, (s[0] + s[1]) / 4)  # partial sum / k, as baselines
-    for x in s[2:4]:
-        avg.update(x)
-    torch.testing.assert_close(avg.value, sum(s[:4]) / 4)
+    n = 4
+    avg = RunningAverage(0.99, InitRule("zeros-average", steps=n), torch.float64)
+    for k in range(1, n + 1):
+        avg.update(s[k - 1])
+        mean_so_far = sum(s[i] for i in range(k)) / k  # explicit mean of the first k
+        torch.testing.assert_close(avg.value, mean_so_far)
+    baselines = torch.zeros_like(s[0])
+    for x in s[:n]:  # baselines' loop: zeros plus S/N
+        baselines = baselines + x / n
+    torch.testing.assert_close(avg.value, baselines)
     avg.update(s[4])
     avg.update(s[5])
-    torch.testing.assert_close(
-        avg.value, 0.99 * (0.99 * sum(s[:4]) / 4 + 0.01 * s[4]) + 0.01 * s[5]
-    )
+    torch.testing.assert_close(avg.value, 0.99 * (0.99 * baselines + 0.01 * s[4]) + 0.01 * s[5])
 
 
 # --------------------------------------------------------------------------------------------

@@ -19,7 +19,10 @@ Step (openai/baselines ``baselines/acktr/kfac.py`` lines 779-801, 879-893)::
     buf ← μ·buf + ν·Δ;   θ ← θ − lr·(1−μ)·buf       (momentum_scale "1-mu"; "1": θ ← θ − lr·buf, KP)
 
 ``predicted_kl`` reported per step is the quadratic model's KL of the steady-state step lr·ν·Δ:
-½·lr²·ν²·q (exact when F̃Δ = g, i.e. no clipping and the step is small).
+½·lr²·ν²·q (exact when F̃Δ = g, i.e. no clipping and the step is small). The prediction for the
+step actually applied (momentum, cold SGD steps and clipped eigenvalues included) is
+:meth:`KFAC.applied_step_kl`: ½·Δθᵀ F̃ Δθ with F̃ the block-diagonal Kronecker Fisher of the running
+factors, per layer ⟨ΔW, G·ΔW·A⟩ (= vec(ΔW)ᵀ (A ⊗ G) vec(ΔW)), undamped.
 
 Cold start (baselines, ``cold_iters`` > 0): the first updates are momentum SGD (lr, μ_cold, no (1−μ))
 on gradients clipped to ``cold_clip`` while the statistics already accumulate (kfac.py:898-922).
@@ -254,6 +257,8 @@ class KFAC(torch.optim.Optimizer):
         self._decomposed_at = 0  # kfac step whose statistics the decompositions in use come from
         self.inverse_staleness = 0  # StepInfo.staleness of the last step
         self.inverse_seconds = math.nan  # wall time of the last background decomposition
+        # the last applied step, Δθ_p = −scale·update (for applied_step_kl)
+        self._applied: dict[nn.Parameter, tuple[torch.Tensor, float]] = {}
 
     # --- statistics -----------------------------------------------------------------------
     def statistics_due(self) -> bool:
@@ -375,6 +380,7 @@ class KFAC(torch.optim.Optimizer):
         inverted = self._refresh_decompositions()
         self.kfac_steps += 1
 
+        self._applied.clear()
         pairs: list[tuple[nn.Parameter, torch.Tensor]] = []
         for layer in self.layers.values():
             if layer.module.weight.grad is not None:
@@ -398,6 +404,7 @@ class KFAC(torch.optim.Optimizer):
                     state["momentum_buffer"] = torch.zeros_like(p)
                 update = state["momentum_buffer"].mul_(momentum).add_(update)
             p.add_(update, alpha=-scale)
+            self._applied[p] = (update, scale)
         predicted = 0.5 * lr**2 * nu**2 * q
         return StepInfo(
             lr, nu, q, predicted, cold=False, inverted=inverted, staleness=self.inverse_staleness
@@ -422,6 +429,7 @@ class KFAC(torch.optim.Optimizer):
         return bound.clamp(max=c.max_nu)  # q = 0 gives inf -> max_nu
 
     def _cold_step(self, lr: float) -> StepInfo:
+        self._applied.clear()
         params = [p for p in self.param_groups[0]["params"] if p.grad is not None]
         if self.cold_clip is not None:
             torch.nn.utils.clip_grad_norm_(params, self.cold_clip)
@@ -431,8 +439,37 @@ class KFAC(torch.optim.Optimizer):
                 state["cold_buffer"] = torch.zeros_like(p)
             buf = state["cold_buffer"].mul_(self.config.cold_momentum).add_(p.grad)
             p.add_(buf, alpha=-lr)
+            self._applied[p] = (buf, lr)
         zero = torch.zeros(())
         return StepInfo(lr, torch.ones(()), zero, zero, cold=True, inverted=False)
+
+    @torch.no_grad()
+    def applied_step_kl(self, params: set[nn.Parameter] | None = None) -> torch.Tensor:
+        """½·Δθᵀ F̃ Δθ of the last step actually applied, over the layers whose weight is in
+        ``params`` (all layers when None). Δθ_p = −scale·update as applied (momentum buffer, or
+        the cold SGD buffer). F̃ per layer: A ⊗ G of the running factors, with the bias in A's
+        homogeneous coordinate, or, for a separate bias block, Δbᵀ·bias_G·Δb. Parameters outside
+        Linear/Conv2d have no curvature estimate and are left out. nan before any statistics."""
+        total: torch.Tensor | float = 0.0
+        for layer in self.layers.values():
+            weight, bias = layer.module.weight, layer.module.bias
+            if params is not None and weight not in params:
+                continue
+            if layer.A.value is None or weight not in self._applied:
+                return torch.full((), math.nan)
+
+            d_w = self._applied_delta(weight, layer.dtype).reshape(weight.shape[0], -1)
+            if bias is not None and layer.homogeneous:
+                d_w = torch.cat([d_w, self._applied_delta(bias, layer.dtype)[:, None]], dim=1)
+            total = total + (d_w * (layer.G.value @ d_w @ layer.A.value)).sum()
+            if bias is not None and not layer.homogeneous:
+                d_b = self._applied_delta(bias, layer.dtype)
+                total = total + d_b @ layer.bias_G.value @ d_b
+        return 0.5 * torch.as_tensor(total).cpu()
+
+    def _applied_delta(self, p: nn.Parameter, dtype: torch.dtype) -> torch.Tensor:
+        update, scale = self._applied[p]
+        return (update * scale).to(dtype)
 
     # --- diagnostics and state --------------------------------------------------------------
     def diagnostics(self) -> dict[str, float]:

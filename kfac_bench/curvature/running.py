@@ -5,8 +5,13 @@ Recurrences (d = decay, S_k the k-th batch statistic, k = 1, 2, ...):
 - ``first``          m_1 = S_1;                       m_k = d·m_{k−1} + (1−d)·S_k
 - ``identity``       m_0 = I;                         m_k = d·m_{k−1} + (1−d)·S_k
   (alecwangcq/KFAC-Pytorch ``optimizers/kfac.py`` lines 59-70)
-- ``zeros-average``  m_0 = 0; m_k = m_{k−1} + S_k/n for k ≤ n;  then the EMA
-  (openai/baselines ``baselines/acktr/kfac.py`` lines 444-490, n = ``stats_accum_iter`` = 10)
+- ``zeros-average``  m_k = (1/k)·Σ_{i≤k} S_i for k ≤ n (the mean of the batches so far);  then
+  the EMA. At k = n this is openai/baselines' plain average of its first n batches
+  (``baselines/acktr/kfac.py`` lines 444-490, n = ``stats_accum_iter`` = 10). baselines starts
+  from zeros and adds S_k/n, but never preconditions before the n-th batch (its cold iterations,
+  lines 854-856, are SGD), so the partial sums 1/n, 2/n, … of the true scale are never used
+  there. Here K-FAC steps may start earlier (``kfac.cold_iters`` < n), so before n the estimate
+  is the mean so far — the same information at the right scale, never a partial sum.
 """
 
 from __future__ import annotations
@@ -38,10 +43,11 @@ class RunningAverage:
             elif self.init.kind == "identity":
                 eye = torch.eye(new.shape[0], dtype=new.dtype, device=new.device)
                 self.value = eye.mul_(d).add_(new, alpha=1.0 - d)
-            else:  # zeros-average
-                self.value = new / self.init.steps
+            else:  # zeros-average: the mean of one batch
+                self.value = new.clone()
         elif self.init.kind == "zeros-average" and self.count < self.init.steps:
-            self.value.add_(new, alpha=1.0 / self.init.steps)
+            # running mean: m_k = m_{k−1} + (S_k − m_{k−1}) / k
+            self.value.add_(new - self.value, alpha=1.0 / (self.count + 1))
         else:
             self.value.mul_(d).add_(new, alpha=1.0 - d)
         self.count += 1

@@ -199,6 +199,12 @@ class ActorCritic(nn.Module):
         """What K-FAC preconditions: the whole net when shared, only the actor otherwise."""
         return self.actor if self.separate_critic else self
 
+    def actor_parameters(self) -> list[nn.Parameter]:
+        """Parameters the logits depend on (shared trunk + policy head, or the actor)."""
+        if self.separate_critic:
+            return list(self.actor.parameters())
+        return [*self.trunk.parameters(), *self.pi.parameters()]
+
     def critic_parameters(self) -> list[nn.Parameter]:
         """Parameters of the separate critic (``[]`` when the trunk is shared)."""
         return list(self.critic.parameters()) if self.separate_critic else []

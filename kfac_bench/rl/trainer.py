@@ -1,13 +1,11 @@
-"""One ACKTR trainer for every variant, with the first-order control A2C through the same loop.
+"""One trainer for every variant and every update rule (ACKTR, and the controls A2C and PPO).
 
-Lifecycle of one update (DESIGN.md §4), the same for every variant — the loop never looks at the
-variant's name:
+Lifecycle of one update (DESIGN.md §4), the same for every variant and rule — the loop never looks
+at the variant's name nor at the algorithm:
 
     collect n_steps × n_envs transitions  ->  returns (n-step or GAE)
-    -> Fisher pass: mean log π(a_t) + vf_fisher_coef · mean((v − stopgrad(v + ε))²), ε ~ N(0, 1)
-       (openai/baselines ``baselines/acktr/acktr.py`` lines 36, 48-51)
-    -> training loss backward:  −mean(Â·log π(a)) + vf_coef·value_loss − ent_coef·H
-    -> optimiser step (K-FAC trust-region step, or RMSprop for ``optim.algo = "a2c"``)
+    -> rule.update(batch): ACKTR (Fisher pass, training loss, K-FAC step), A2C (RMSprop step) or
+       PPO (clipped epochs); see ``update_rules.py``
     -> log (updates.csv every ``log.update_every`` updates), checkpoint
 
 ``train(config, run_dir)`` owns the run directory (store.py): it starts a run, resumes an
@@ -28,20 +26,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-import variants
 from kfac_bench import config as config_mod
 from kfac_bench import store
 from kfac_bench.config import RunConfig
-from kfac_bench.curvature import KFAC, KfacError
+from kfac_bench.curvature import KFAC
 from kfac_bench.rl.envs import VecEnv, make_env
+from kfac_bench.rl.losses import fisher_loss, training_loss  # noqa: F401  (re-exported)
 from kfac_bench.rl.policies import ActorCritic, build_policy
 from kfac_bench.rl.returns import gae_advantages, nstep_returns
-
-
-class Diverged(RuntimeError):
-    """Training produced a non-finite loss, factor or parameter."""
+from kfac_bench.rl.update_rules import Batch, Diverged, UpdateRule, build_update_rule, lr_at  # noqa: F401
 
 
 @dataclass
@@ -83,59 +77,6 @@ def sample_actions(logits: torch.Tensor) -> torch.Tensor:
     return torch.argmax(logits - torch.log(-torch.log(uniform)), dim=-1)
 
 
-def fisher_loss(logits, values, actions, vf_fisher_coef: float, include_value: bool):
-    """mean log π(a) [− vf_fisher_coef · mean((v − stopgrad(v + ε))²)], ε ~ N(0, 1).
-
-    Per-example derivatives: onehot(a) − p at the logits, 2·vf_fisher_coef·ε at the value (the
-    sign of either term does not change the G statistics; REFERENCES.md §7.4)."""
-    log_probs = F.log_softmax(logits, dim=-1).gather(1, actions[:, None]).squeeze(1)
-    loss = log_probs.mean()
-    if include_value and vf_fisher_coef:
-        noisy = (values + torch.randn_like(values)).detach()
-        loss = loss - vf_fisher_coef * (values - noisy).pow(2).mean()
-    return loss
-
-
-@dataclass
-class LossTerms:
-    """The training loss and its parts (tensors attached to the graph where it matters)."""
-
-    total: torch.Tensor
-    policy: torch.Tensor
-    value: torch.Tensor
-    entropy: torch.Tensor
-    log_probs_all: torch.Tensor  # (B, A) log π(·|s), for the KL after the step
-
-
-def training_loss(
-    logits: torch.Tensor,  # (B, A)
-    values: torch.Tensor,  # (B,)
-    actions: torch.Tensor,  # (B,)
-    advantages: torch.Tensor,  # (B,)
-    returns: torch.Tensor,  # (B,)
-    config: RunConfig,
-) -> LossTerms:
-    """−mean(Â·log π(a)) + vf_coef·value_loss − ent_coef·H (openai/baselines acktr.py:40-45)."""
-    if config.rollout.normalize_advantages:
-        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-    log_probs_all = F.log_softmax(logits, dim=-1)
-    log_probs = log_probs_all.gather(1, actions[:, None]).squeeze(1)
-    entropy = -(log_probs_all.exp() * log_probs_all).sum(-1).mean()
-    policy_loss = -(advantages.detach() * log_probs).mean()
-    value_loss = (values - returns).pow(2).mean()
-    if config.loss.value_loss == "half-mse":
-        value_loss = 0.5 * value_loss
-    total = policy_loss + config.loss.vf_coef * value_loss - config.loss.ent_coef * entropy
-    return LossTerms(total, policy_loss, value_loss, entropy, log_probs_all)
-
-
-def lr_at(config: RunConfig, steps_done: int) -> float:
-    """Scheduled lr (openai/baselines Scheduler: linear decay per env step)."""
-    if config.optim.lr_schedule == "linear":
-        return config.optim.lr * max(0.0, 1.0 - steps_done / config.total_steps)
-    return config.optim.lr
-
-
 class Rollout:
     """Preallocated (T, N, ...) buffers for one batch."""
 
@@ -168,36 +109,13 @@ class Trainer:
         self.env: VecEnv = make_env(
             config.env, config.rollout.n_envs, training=True, atari=config.atari
         )
-        separate = config.optim.critic == "separate-adam"
         self.policy: ActorCritic = build_policy(
             self.env.obs_shape,
             self.env.num_actions,
             config.policy,
-            separate_critic=separate or not config.policy.shared_trunk,
+            separate_critic=config.optim.critic == "separate-adam" or not config.policy.shared_trunk,
         ).to(self.device)
-
-        self.kfac: KFAC | None = None
-        self.critic_optimizer: torch.optim.Optimizer | None = None
-        if config.optim.algo == "acktr":
-            self.kfac = KFAC(
-                self.policy.kfac_module() if separate else self.policy,
-                variants.get(config.variant),
-                config.kfac,
-                lr=config.optim.lr,
-                cold_clip=config.optim.max_grad_norm,
-            )
-            self.optimizer: torch.optim.Optimizer = self.kfac
-            if separate:
-                self.critic_optimizer = torch.optim.Adam(
-                    self.policy.critic_parameters(), lr=config.optim.critic_lr, fused=True
-                )
-        else:
-            self.optimizer = torch.optim.RMSprop(
-                self.policy.parameters(),
-                lr=config.optim.lr,
-                alpha=config.optim.rmsprop_alpha,
-                eps=config.optim.rmsprop_eps,
-            )
+        self.rule: UpdateRule = build_update_rule(self.policy, config)
 
         self.steps = 0
         self.updates = 0
@@ -205,11 +123,15 @@ class Trainer:
         self.wall_offset = 0.0  # wall time of earlier sessions of this run
 
     # --- checkpoint ---------------------------------------------------------------------------
+    @property
+    def kfac(self) -> KFAC | None:
+        """The rule's K-FAC optimiser (None for the first-order controls)."""
+        return self.rule.kfac
+
     def state_dict(self) -> dict:
         return {
             "policy": self.policy.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "critic_optimizer": self.critic_optimizer and self.critic_optimizer.state_dict(),
+            **self.rule.state_dict(),
             "steps": self.steps,
             "updates": self.updates,
             "resets": self.resets,
@@ -220,9 +142,7 @@ class Trainer:
 
     def load_state_dict(self, state: dict) -> None:
         self.policy.load_state_dict(state["policy"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.critic_optimizer is not None:
-            self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+        self.rule.load_state_dict(state)
         self.steps, self.updates = int(state["steps"]), int(state["updates"])
         self.resets = int(state["resets"])
         self.wall_offset = float(state["wall_time"])
@@ -276,91 +196,17 @@ class Trainer:
         return advantages.reshape(-1), returns.reshape(-1)
 
     def update(self, rollout: Rollout, advantages: torch.Tensor, returns: torch.Tensor, log: bool):
-        """Fisher pass, training loss, optimiser step. Returns the metrics dict (tensors)."""
-        c = self.config
-        obs = rollout.obs.reshape(-1, *rollout.obs.shape[2:])
-        actions = rollout.actions.reshape(-1)
-        lr = lr_at(c, self.steps)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-            if self.kfac is not None and c.kfac.kl_clip_schedule == "linear":
-                group["kl_clip"] = c.kfac.kl_clip * max(0.0, 1.0 - self.steps / c.total_steps)
-
-        if self.kfac is not None:
-            with self.kfac.fisher_pass() as fisher:
-                logits, values = self.policy(obs)
-                fisher.backward(
-                    fisher_loss(
-                        logits, values, actions, c.loss.vf_fisher_coef, c.optim.critic == "shared"
-                    )
-                )
-        else:
-            logits, values = self.policy(obs)
-
-        terms = training_loss(logits, values, actions, advantages, returns, c)
-        loss = terms.total
-        if not torch.isfinite(loss):
-            raise Diverged(f"non-finite loss at update {self.updates + 1}")
-
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.critic_optimizer is not None:
-            self.critic_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = None  # only logged rows need it
-        if log:
-            grad_norm = torch.sqrt(
-                sum(p.grad.pow(2).sum() for p in self.policy.parameters() if p.grad is not None)
-            )
-        metrics: dict[str, torch.Tensor | float | None] = {
-            "policy_loss": terms.policy.detach(),
-            "value_loss": terms.value.detach(),
-            "entropy": terms.entropy.detach(),
-            "grad_norm": grad_norm,
-            "lr": lr,
-            "kl": None,
-            "predicted_kl": None,
-            "nu": None,
-            "inverse_staleness": None,
-        }
-        if self.kfac is not None:
-            info = self.kfac.step()
-            metrics.update(
-                nu=info.nu, predicted_kl=info.predicted_kl, inverse_staleness=info.staleness
-            )
-            if self.critic_optimizer is not None:
-                self.critic_optimizer.step()
-                self.fit_critic(obs, returns, c.optim.critic_steps - 1)
-        else:
-            if c.optim.max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(self.policy.parameters(), c.optim.max_grad_norm)
-            self.optimizer.step()
+        """Hand the flattened batch to the update rule. Returns its metrics dict (tensors)."""
+        batch = Batch(
+            obs=rollout.obs.reshape(-1, *rollout.obs.shape[2:]),
+            actions=rollout.actions.reshape(-1),
+            advantages=advantages,
+            returns=returns,
+            values=rollout.values.reshape(-1),
+        )
+        metrics = self.rule.update(batch, self.steps, log)
         self.updates += 1
-
-        if log:
-            with torch.no_grad():
-                new_logits, _ = self.policy(obs)
-                old = terms.log_probs_all.detach()
-                new = F.log_softmax(new_logits, dim=-1)
-                if self.kfac is not None:
-                    metrics["kl"] = (old.exp() * (old - new)).sum(-1).mean()
         return metrics
-
-    def fit_critic(self, obs: torch.Tensor, returns: torch.Tensor, steps: int) -> None:
-        """``steps`` more full-batch Adam steps of the separate critic towards fixed ``returns``.
-
-        obs: (B, *obs_shape); returns: (B,) — the targets computed before the update. Loss
-        vf_coef · mean((V(s) − R)²) (½ of it under ``half-mse``), as in ``training_loss``. The
-        critic is fitted several times per batch as the value function of ACKTR's
-        continuous-control code is (openai/baselines ``acktr/value_functions.py``
-        ``NeuralNetValueFunction.fit``: 25 K-FAC steps per batch there)."""
-        assert self.critic_optimizer is not None
-        for _ in range(steps):
-            value_loss = (self.policy.critic_value(obs) - returns).pow(2).mean()
-            if self.config.loss.value_loss == "half-mse":
-                value_loss = 0.5 * value_loss
-            self.critic_optimizer.zero_grad(set_to_none=True)
-            (self.config.loss.vf_coef * value_loss).backward()
-            self.critic_optimizer.step()
 
     def check_parameters(self) -> None:
         finite = torch.stack([p.isfinite().all() for p in self.policy.parameters()]).all()
@@ -371,7 +217,7 @@ class Trainer:
     def run(self, on_progress: ProgressCallback | None = None) -> RunResult:
         c = self.config
         episodes_log = store.CsvLog(self.run_dir / "episodes.csv", store.EPISODE_COLUMNS)
-        diag_columns = self._diagnostic_columns()
+        diag_columns = self.rule.diagnostic_columns()
         updates_log = store.CsvLog(
             self.run_dir / "updates.csv", store.UPDATE_COLUMNS + diag_columns
         )
@@ -409,10 +255,7 @@ class Trainer:
                 obs = self.collect(rollout, obs, on_episode)
                 advantages, returns = self.returns(rollout, obs)
                 log_now = (self.updates + 1) % c.log.update_every == 0
-                try:
-                    metrics = self.update(rollout, advantages, returns, log=log_now)
-                except KfacError as error:
-                    raise Diverged(str(error)) from error
+                metrics = self.update(rollout, advantages, returns, log=log_now)
                 episodes_log.write(pending_episodes)
                 pending_episodes.clear()
 
@@ -438,15 +281,10 @@ class Trainer:
             episodes_log.close()
             updates_log.close()
             self.env.close()
+            self.rule.close()
         self.checkpoint(wall())
         self.write_status("done", wall())
         return RunResult("done", self.steps)
-
-    def _diagnostic_columns(self) -> list[str]:
-        if self.kfac is None or not self.config.log.diagnostics:
-            return []
-        keys = ("A_trace", "G_trace", "A_cond", "G_cond", "A_clipped", "G_clipped")
-        return [f"diag/{name}/{k}" for name in self.kfac.layers for k in keys]
 
     def _row(self, metrics: dict, fps: float, wall_time: float) -> dict:
         row = {
@@ -460,8 +298,7 @@ class Trainer:
             values = torch.stack([v.detach().float().cpu() for v in tensors.values()]).tolist()
             row.update(zip(tensors, values))
         row.update({k: v for k, v in metrics.items() if not isinstance(v, torch.Tensor)})
-        if self.kfac is not None and self.config.log.diagnostics:
-            row.update(self.kfac.diagnostics())
+        row.update(self.rule.diagnostics())
         return row
 
     def checkpoint(self, wall_time: float) -> None:
