@@ -11,7 +11,7 @@ behind each reference preset are in ../shared/REFERENCES.md (file:line in each r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from kfac_bench.config import (
@@ -37,9 +37,18 @@ def env_family(env_id: str) -> EnvFamily:
 
 @dataclass(frozen=True)
 class Preset:
+    """Dotted config values; ``per_family`` and then ``per_env`` override ``values`` where a source
+    sets a value per environment family (the controls' batch) or per task (rl-zoo tables)."""
+
     name: str
     description: str
     values: dict[str, Any]
+    per_family: dict[EnvFamily, dict[str, Any]] = field(default_factory=dict)
+    per_env: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def values_for(self, env_id: str, family: EnvFamily) -> dict[str, Any]:
+        """The preset's values for one environment: values, then per_family, then per_env."""
+        return {**self.values, **self.per_family.get(family, {}), **self.per_env.get(env_id, {})}
 
 
 _VECTOR_OBS_BASE: dict[str, Any] = {
@@ -97,6 +106,112 @@ _BASELINES_ACKTR: dict[str, Any] = {
     "kfac.momentum": 0.9,
     "kfac.momentum_scale": "1-mu",
     "kfac.cold_iters": 10,
+}
+
+# --- first-order controls -------------------------------------------------------------------
+# Every key a control's result depends on is named, so a control layered over any family base or
+# spec preset computes what its source computes.
+_FIRST_ORDER_COMMON: dict[str, Any] = {
+    "optim.critic": "shared",  # one optimiser over actor and critic
+    "optim.critic_steps": 1,
+    "optim.max_grad_norm": 0.5,
+    "loss.vf_coef": 0.5,
+    "rollout.gamma": 0.99,
+}
+
+# openai/baselines baselines/a2c/a2c.py learn(): nsteps 5, ent 0.01, vf 0.5, max_grad_norm 0.5,
+# lr 7e-4 lrschedule "linear", RMSProp alpha 0.99 epsilon 1e-5 (TF1 semantics); 16 envs
+# (baselines/run.py Atari default num_env for a2c; rl-zoo a2c.yml atari n_envs 16).
+_A2C: dict[str, Any] = {
+    **_FIRST_ORDER_COMMON,
+    "optim.algo": "a2c",
+    "optim.first_order": "rmsprop-tf",
+    "optim.lr": 7e-4,
+    "optim.lr_schedule": "linear",
+    "optim.rmsprop_alpha": 0.99,
+    "optim.rmsprop_eps": 1e-5,
+    "rollout.n_envs": 16,
+    "rollout.n_steps": 5,
+    "rollout.gae_lambda": None,  # n-step bootstrapped returns
+    "rollout.normalize_advantages": False,
+    "loss.ent_coef": 0.01,
+    "loss.value_loss": "mse",
+    "policy.shared_trunk": True,
+}
+# rl-zoo hyperparams/a2c.yml CartPole-v1 (n_envs 8, ent_coef 0) over SB3 A2C defaults (n_steps 5,
+# lr 7e-4 constant, gae_lambda 1 = n-step returns, torch.optim.RMSprop α 0.99 ε 1e-5: the zoo
+# switches to RMSpropTFLike for Atari only); SB3 MlpPolicy: separate 64-64 tanh pi and vf.
+_A2C_ZOO_CLASSIC: dict[str, Any] = {
+    "optim.first_order": "rmsprop-torch",
+    "rollout.n_envs": 8,
+    "loss.ent_coef": 0.0,
+    "optim.lr_schedule": "constant",
+    "policy.shared_trunk": False,
+}
+
+# vwxyzjn/cleanrl ppo_atari.py Args: 8 envs × 128 steps, lr 2.5e-4 annealed, γ 0.99, GAE 0.95,
+# 4 minibatches (of 1024 -> 256), 4 epochs, norm_adv, clip_coef 0.1 (constant), clip_vloss with
+# the same 0.1, ent 0.01, vf 0.5 on ½·max(...) (half-mse), max_grad_norm 0.5, Adam eps 1e-5.
+# MinAtar uses the same setting unchanged (no tuning; README "Controls").
+_PPO_CLEANRL_ATARI: dict[str, Any] = {
+    **_FIRST_ORDER_COMMON,
+    "optim.algo": "ppo",
+    "optim.first_order": "adam",
+    "optim.adam_eps": 1e-5,
+    "optim.lr": 2.5e-4,
+    "optim.lr_schedule": "linear",
+    "rollout.n_envs": 8,
+    "rollout.n_steps": 128,
+    "rollout.gae_lambda": 0.95,
+    "rollout.normalize_advantages": True,  # per minibatch (PpoRule)
+    "loss.ent_coef": 0.01,
+    "loss.value_loss": "half-mse",
+    "ppo.n_epochs": 4,
+    "ppo.minibatch_size": 256,
+    "ppo.clip_range": 0.1,
+    "ppo.clip_range_schedule": "constant",
+    "ppo.clip_value": 0.1,
+    "ppo.target_kl": None,
+    "policy.shared_trunk": True,
+}
+# SB3 PPO defaults (stable_baselines3/ppo/ppo.py): n_steps 2048, batch 64, 10 epochs, lr 3e-4,
+# GAE 0.95, clip 0.2, no value clip, ent 0, vf 0.5 on mse, normalize_advantage; MlpPolicy with
+# separate 64-64 tanh pi and vf networks.
+_PPO_SB3_DEFAULT: dict[str, Any] = {
+    "optim.lr": 3e-4,
+    "optim.lr_schedule": "constant",
+    "rollout.n_envs": 1,
+    "rollout.n_steps": 2048,
+    "loss.ent_coef": 0.0,
+    "loss.value_loss": "mse",
+    "ppo.n_epochs": 10,
+    "ppo.minibatch_size": 64,
+    "ppo.clip_range": 0.2,
+    "ppo.clip_value": None,
+    "policy.shared_trunk": False,
+}
+# rl-zoo hyperparams/ppo.yml per task (Acrobot-v1 also sets `normalize: true`, VecNormalize,
+# which kfac-bench does not have: README "Controls" reports both sides as run).
+_PPO_ZOO: dict[str, dict[str, Any]] = {
+    "CartPole-v1": {
+        "rollout.n_envs": 8,
+        "rollout.n_steps": 32,
+        "ppo.minibatch_size": 256,
+        "rollout.gae_lambda": 0.8,
+        "rollout.gamma": 0.98,
+        "ppo.n_epochs": 20,
+        "optim.lr": 1e-3,
+        "optim.lr_schedule": "linear",
+        "ppo.clip_range": 0.2,
+        "ppo.clip_range_schedule": "linear",
+    },
+    "Acrobot-v1": {
+        "rollout.n_envs": 16,
+        "rollout.n_steps": 256,
+        "rollout.gae_lambda": 0.94,
+        "rollout.gamma": 0.99,
+        "ppo.n_epochs": 4,
+    },
 }
 
 PRESETS: dict[str, Preset] = {
@@ -218,18 +333,17 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             "a2c",
-            "first-order control: A2C, one network, RMSprop (lr 7e-4, α 0.99, ε 1e-5, clip 0.5)",
-            {
-                "optim.algo": "a2c",
-                "optim.lr": 7e-4,
-                "optim.lr_schedule": "linear",
-                "optim.max_grad_norm": 0.5,
-                "optim.rmsprop_alpha": 0.99,
-                "optim.rmsprop_eps": 1e-5,
-                # one network, one optimiser, also when layered over a separate-critic preset
-                "optim.critic": "shared",
-                "optim.critic_steps": 1,
-            },
+            "control: A2C (openai/baselines a2c.py) with TF RMSprop; rl-zoo batch on classic control",
+            _A2C,
+            per_family={"classic": _A2C_ZOO_CLASSIC, "generic": _A2C_ZOO_CLASSIC},
+            per_env={"Acrobot-v1": {"rollout.n_envs": 16}},  # rl-zoo a2c.yml (without normalize)
+        ),
+        Preset(
+            "ppo",
+            "control: PPO-clip; CleanRL ppo_atari on Atari/MinAtar, rl-zoo ppo.yml on classic",
+            _PPO_CLEANRL_ATARI,
+            per_family={"classic": _PPO_SB3_DEFAULT, "generic": _PPO_SB3_DEFAULT},
+            per_env=_PPO_ZOO,
         ),
     ]
 }
@@ -269,7 +383,7 @@ def build_config(
     chosen = get_preset(preset_name)
     config = RunConfig(env=env, variant=variant, seed=seed, preset=preset_name)
     config = with_overrides(config, FAMILY_BASE[family])
-    config = with_overrides(config, chosen.values)
+    config = with_overrides(config, chosen.values_for(env, family))
     if total_steps is not None:
         config = with_overrides(config, {"total_steps": total_steps})
     return check_consistency(with_overrides(config, overrides or {}))

@@ -280,6 +280,16 @@ def clip_gradients(
     return global_grad_norm(params) if want_norm else None
 
 
+def clipped_surrogate(
+    log_ratio: torch.Tensor, advantages: torch.Tensor, clip: float
+) -> torch.Tensor:
+    """PPO's L_clip = −mean(min(r·Â, clip(r, 1 − ε, 1 + ε)·Â)), r = exp(log_ratio); all (B,).
+
+    Schulman et al. 2017 eq. (7), as a loss to minimise."""
+    ratio = log_ratio.exp()
+    return -torch.min(ratio * advantages, ratio.clamp(1.0 - clip, 1.0 + clip) * advantages).mean()
+
+
 class PpoRule(UpdateRule):
     """PPO-clip over ``ppo.n_epochs`` epochs of shuffled minibatches of ``ppo.minibatch_size``.
 
@@ -367,10 +377,7 @@ class PpoRule(UpdateRule):
         if c.rollout.normalize_advantages and len(idx) > 1:
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
         log_ratio = log_prob - old_log_prob[idx]
-        ratio = log_ratio.exp()
-        policy_loss = -torch.min(
-            ratio * advantages, ratio.clamp(1.0 - clip, 1.0 + clip) * advantages
-        ).mean()
+        policy_loss = clipped_surrogate(log_ratio, advantages, clip)
         returns = batch.returns[idx]
         if c.ppo.clip_value is None:
             value_loss = value_error(values, returns, c)
