@@ -451,10 +451,11 @@ def plan_runs(spec: SweepSpec) -> list[PlannedRun]:
                 overrides = {**spec.overrides, **axes}
             else:
                 preset = control
+                family = env_family(env)
                 overrides = {
-                    **PRESETS[base_preset].values,
+                    **PRESETS[base_preset].values_for(env, family),
                     **spec.overrides,
-                    **PRESETS[control].values,
+                    **PRESETS[control].values_for(env, family),
                     **axes,
                 }
             try:
