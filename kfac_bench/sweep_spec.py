@@ -297,7 +297,7 @@ def parse_spec(raw: dict[str, Any], path: Path) -> SweepSpec:
                 f"unknown variant {v!r}{_close(v, variant_names)}; "
                 f"valid variants: {', '.join(variant_names)}"
             )
-    valid_controls = [p for p in PRESETS if _control_algo(p) == "a2c"]
+    valid_controls = [p for p in PRESETS if _control_algo(p) != "acktr"]
     for c in controls or []:
         if c not in PRESETS:
             problems.append(
@@ -346,7 +346,7 @@ def parse_spec(raw: dict[str, Any], path: Path) -> SweepSpec:
                 f"valid presets: {', '.join(PRESETS)}"
             )
             preset = None
-        elif _control_algo(preset) == "a2c":
+        elif _control_algo(preset) != "acktr":
             problems.append(
                 f"`preset` = {preset!r} is a first-order control; list it under `controls`"
             )
