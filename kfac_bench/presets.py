@@ -20,19 +20,7 @@ from kfac_bench.config import (
     check_consistency,
     with_overrides,
 )
-
-EnvFamily = str  # "classic" | "minatar" | "atari" | "generic"
-
-
-def env_family(env_id: str) -> EnvFamily:
-    """Which defaults an environment id gets: MinAtar, Atari (ALE), classic control or generic."""
-    if env_id.startswith("MinAtar/"):
-        return "minatar"
-    if env_id.startswith("ALE/") or env_id.endswith("NoFrameskip-v4"):
-        return "atari"
-    if env_id.split("-v")[0] in {"CartPole", "Acrobot", "MountainCar", "LunarLander"}:
-        return "classic"
-    return "generic"
+from kfac_bench.rl.envs import EnvFamily, env_family
 
 
 @dataclass(frozen=True)

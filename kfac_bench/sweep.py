@@ -69,7 +69,7 @@ from typing import Any
 
 from kfac_bench import config as config_mod
 from kfac_bench.config import RunConfig
-from kfac_bench.presets import env_family
+from kfac_bench.rl.envs import env_family
 from kfac_bench.sweep_spec import PlannedRun, SpecError, SweepSpec, load_spec, planned_steps
 
 FINAL_STATES = ("done", "diverged")

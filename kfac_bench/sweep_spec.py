@@ -58,7 +58,8 @@ from typing import Any
 
 from kfac_bench import config as config_mod
 from kfac_bench.config import ConfigError, RunConfig
-from kfac_bench.presets import FAMILY_DEFAULT_PRESET, PRESETS, build_config, env_family
+from kfac_bench.presets import FAMILY_DEFAULT_PRESET, PRESETS, build_config
+from kfac_bench.rl.envs import env_family
 
 if sys.version_info >= (3, 11):
     import tomllib

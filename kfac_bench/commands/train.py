@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 
 from kfac_bench.config import parse_cli_value
-from kfac_bench.presets import FAMILY_DEFAULT_PRESET, PRESETS, build_config, env_family
+from kfac_bench.presets import FAMILY_DEFAULT_PRESET, PRESETS, build_config
+from kfac_bench.rl.envs import env_family
 from kfac_bench.store import run_name
 
 

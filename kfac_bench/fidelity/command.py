@@ -23,8 +23,7 @@ from kfac_bench.fidelity.batch import (
 )
 from kfac_bench.fidelity.compare import DAMPING_MODES, Settings, measure
 from kfac_bench.fidelity.output import write_csv, write_figure
-from kfac_bench.presets import env_family
-from kfac_bench.rl.envs import make_env
+from kfac_bench.rl.envs import env_family, make_env
 from kfac_bench.rl.trainer import resolve_device
 from kfac_bench.store import env_slug
 

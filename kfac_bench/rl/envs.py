@@ -4,7 +4,7 @@ Every family returns the same :class:`Step` record with *same-step* autoreset: w
 ends, ``obs`` already holds the first observation of the next one and ``final_obs`` the last
 observation of the ended one (the trainer bootstraps from it on ``truncated``).
 
-Families (:func:`kfac_bench.presets.env_family`):
+Families (:func:`env_family`):
 
 * **CartPole** — gymnasium's native ``CartPoleVectorEnv`` (numpy over all envs at once). It
   resets on the *next* step (``AutoresetMode.NEXT_STEP``); :class:`CartPoleVecEnv` moves that
@@ -40,7 +40,6 @@ import gymnasium as gym
 import numpy as np
 
 from kfac_bench.config import AtariConfig
-from kfac_bench.presets import env_family
 
 DEFAULT_ATARI = AtariConfig()  # the standard protocol (frozen, so a safe default)
 ATARI_FRAME_LIMIT = 108_000  # emulator frames per game (30 min at 60 Hz); baselines / ALE v5
@@ -48,6 +47,24 @@ ATARI_FRAME_LIMIT = 108_000  # emulator frames per game (30 min at 60 Hz); basel
 
 class EnvError(ValueError):
     """A bad environment id or an unsupported environment. The message is one line."""
+
+
+EnvFamily = str  # "classic" | "minatar" | "atari" | "generic"
+
+
+def env_family(env_id: str) -> EnvFamily:
+    """Which family an environment id belongs to: MinAtar, Atari (ALE), classic control or generic.
+
+    The family picks the vector-env implementation here and the default tables in
+    :mod:`kfac_bench.presets`; it is read from the id alone, so it never needs gymnasium's registry.
+    """
+    if env_id.startswith("MinAtar/"):
+        return "minatar"
+    if env_id.startswith("ALE/") or env_id.endswith("NoFrameskip-v4"):
+        return "atari"
+    if env_id.split("-v")[0] in {"CartPole", "Acrobot", "MountainCar", "LunarLander"}:
+        return "classic"
+    return "generic"
 
 
 @dataclass
