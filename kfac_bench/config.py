@@ -1,12 +1,15 @@
-"""Nested frozen run configuration, dotted-key overrides with type checking, and its JSON form.
+"""Nested frozen run configuration, dotted-key overrides with type and domain checks, JSON form.
 
-One :class:`RunConfig` fully describes a run. It is built in layers (see :func:`build_config`):
+One :class:`RunConfig` fully describes a run. It is built in layers (see
+:func:`kfac_bench.presets.build_config`):
 
     dataclass defaults  ->  family base (``presets.FAMILY_BASE``)  ->  preset table  ->  overrides
 
 Every leaf is addressable by a dotted key (``kfac.damping``, ``rollout.n_envs``, ``total_steps``),
 which is what ``--set key=value`` and sweep specs use. Values are checked against the field's type
-annotation; ``Literal`` fields list their valid choices in the error.
+annotation (``Literal`` fields list their valid choices in the error) and against the field's
+domain, declared beside it (``setting(default, Positive())``; :mod:`kfac_bench.domains`).
+:func:`check_domains` and :func:`check_consistency` run on every config ``build_config`` returns.
 """
 
 from __future__ import annotations
@@ -14,15 +17,41 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, Literal
 
+from kfac_bench.domains import (
+    AtLeast,
+    ConfigError,
+    Domain,
+    Each,
+    Fraction,
+    Identity,
+    NonNegative,
+    Positive,
+    Probability,
+    coerce,
+    domain_of,
+    parse_cli_value,
+    setting,
+)
 
-class ConfigError(ValueError):
-    """A bad configuration key or value. The message is one line meant for the user."""
+__all__ = [
+    "ConfigError",
+    "RunConfig",
+    "check_consistency",
+    "check_domains",
+    "coerce",
+    "parse_cli_value",
+    "with_overrides",
+]
 
+# Bounds that are not a matter of taste (each names its reason).
+MAX_SEED = 999_999_999  # env i of reset r gets seed + i + 1_000_003·r; ale-py takes int32 seeds
+MAX_LR = 1e6  # nothing meaningful lies above; the trust region's lr²·q overflows near 1e154
+MAX_THREADS = 1024  # torch.set_num_threads takes a C int; more threads than this is a typo
+MAX_WAIT_S = 1e6  # threading's wait overflows on huge timeouts; 11 days is "forever" here
 
 DampingMode = Literal["eigen", "tikhonov", "tikhonov-pi"]
 TrustRegion = Literal["baselines", "acktr-paper", "notebook", "none"]
@@ -33,10 +62,11 @@ RunningInit = Literal["variant", "first", "identity", "zeros-average"]
 class RolloutConfig:
     """On-policy batch: ``n_envs × n_steps`` transitions per update."""
 
-    n_envs: int = 8
-    n_steps: int = 16
-    gamma: float = 0.99
-    gae_lambda: float | None = None  # None: n-step bootstrapped returns (A2C/ACKTR); else GAE(λ)
+    n_envs: int = setting(8, AtLeast(1))
+    n_steps: int = setting(16, AtLeast(1))
+    gamma: float = setting(0.99, Probability())
+    # None: n-step bootstrapped returns (A2C/ACKTR); else GAE(λ)
+    gae_lambda: float | None = setting(None, Probability())
     normalize_advantages: bool = False
 
 
@@ -44,9 +74,9 @@ class RolloutConfig:
 class LossConfig:
     """Training loss ``pg + vf_coef·value − ent_coef·H`` and the Fisher pass's value term."""
 
-    ent_coef: float = 0.01
-    vf_coef: float = 0.5
-    vf_fisher_coef: float = 1.0
+    ent_coef: float = setting(0.01, NonNegative())
+    vf_coef: float = setting(0.5, NonNegative())
+    vf_fisher_coef: float = setting(1.0, NonNegative())
     value_loss: Literal["mse", "half-mse"] = "mse"  # mean((v−R)²) (baselines HEAD) or ½ of it
 
 
@@ -59,65 +89,79 @@ class OptimConfig:
     """The update rule: ``acktr`` (K-FAC step) or a first-order control, ``a2c`` / ``ppo``."""
 
     algo: Algo = "acktr"
-    lr: float = 0.25
+    lr: float = setting(0.25, Positive(MAX_LR))
     lr_schedule: Literal["constant", "linear"] = "linear"
-    max_grad_norm: float | None = 0.5  # a2c/ppo: every step; acktr: cold-start steps only
+    # a2c/ppo: every step; acktr: cold-start steps only. None: no clipping.
+    max_grad_norm: float | None = setting(0.5, Positive())
     # a2c/ppo only. rmsprop-tf: TF1 semantics (ε inside the root, square average starts at 1) as
     # openai/baselines A2C; rmsprop-torch: torch.optim.RMSprop (SB3's A2C default); adam: PPO.
     first_order: FirstOrderOptimizer = "rmsprop-tf"
-    rmsprop_alpha: float = 0.99
-    rmsprop_eps: float = 1e-5
-    adam_eps: float = 1e-5  # SB3 ActorCriticPolicy and CleanRL ppo.py both use 1e-5
+    rmsprop_alpha: float = setting(0.99, Probability(below_one=True))
+    rmsprop_eps: float = setting(1e-5, Positive())
+    # SB3 ActorCriticPolicy and CleanRL ppo.py both use 1e-5
+    adam_eps: float = setting(1e-5, Positive())
     critic: Literal["shared", "separate-adam"] = "shared"  # separate-adam: the seed notebook
-    critic_lr: float = 1e-3
-    critic_steps: int = 1  # separate-adam: full-batch Adam steps on the value loss per update
+    critic_lr: float = setting(1e-3, Positive(MAX_LR))
+    # separate-adam: full-batch Adam steps on the value loss per update
+    critic_steps: int = setting(1, AtLeast(1))
 
 
 @dataclass(frozen=True)
 class PpoConfig:
     """PPO-clip epochs over one batch (``optim.algo = "ppo"``; SB3 ``PPO``, CleanRL ``ppo.py``)."""
 
-    n_epochs: int = 10
-    minibatch_size: int = 64  # transitions per minibatch (SB3 ``batch_size``)
-    clip_range: float = 0.2
+    n_epochs: int = setting(10, AtLeast(1))
+    # transitions per minibatch (SB3 ``batch_size``); at most rollout.n_envs × rollout.n_steps
+    minibatch_size: int = setting(64, AtLeast(1))
+    clip_range: float = setting(0.2, Positive())
     clip_range_schedule: Literal["constant", "linear"] = "constant"  # linear: with the lr factor
-    clip_value: float | None = None  # clip the value change (CleanRL clip_vloss), None: off
-    target_kl: float | None = None  # stop the epochs once approx KL exceeds 1.5·target (SB3)
+    # clip the value change (CleanRL clip_vloss), None: off
+    clip_value: float | None = setting(None, Positive())
+    # stop the epochs once approx KL exceeds 1.5·target (SB3), None: never
+    target_kl: float | None = setting(None, Positive())
 
 
 @dataclass(frozen=True)
 class KfacConfig:
     """Curvature estimate, damping/inverse and the trust-region step (DESIGN.md §2–3)."""
 
-    damping: float = 0.01  # λ, added to d_G d_Aᵀ (eigen) or split per factor (tikhonov*)
+    # λ, added to d_G d_Aᵀ (eigen) or split per factor (tikhonov*)
+    damping: float = setting(0.01, Positive())
     damping_mode: DampingMode = "eigen"
-    factor_damping: float | None = None  # γ for `tikhonov`; None: √λ
-    eigen_clip: float = 1e-6  # τ: eigenvalues ≤ τ are zeroed per factor (eigen mode)
-    stats_decay: float = 0.99
-    stats_every: int = 1  # Fisher pass every k updates
-    inverse_every: int = 10  # decompositions recomputed every k updates
+    factor_damping: float | None = setting(None, Positive())  # γ for `tikhonov`; None: √λ
+    # τ: eigenvalues ≤ τ are zeroed per factor (eigen mode)
+    eigen_clip: float = setting(1e-6, NonNegative())
+    stats_decay: float = setting(0.99, Probability(below_one=True))
+    stats_every: int = setting(1, AtLeast(1))  # Fisher pass every k updates
+    inverse_every: int = setting(10, AtLeast(1))  # decompositions recomputed every k updates
     running_init: RunningInit = "variant"  # "variant": the variant's own rule
-    init_average_steps: int = 10  # k for "zeros-average" (baselines: plain average of first 10)
+    # k for "zeros-average" (baselines: plain average of first 10)
+    init_average_steps: int = setting(10, AtLeast(1))
     dtype: Literal["float32", "float64"] = "float32"  # factors and their decompositions
-    kl_clip: float = 0.001  # δ
+    kl_clip: float = setting(0.001, Positive())  # δ
     trust_region: TrustRegion = "baselines"
     # "linear": δ decays with the lr schedule's factor. While the clip binds, lr·ν = sqrt(δ/q) does
     # not depend on lr, so a linear lr decay alone does not shrink K-FAC steps (REFERENCES §3.4).
     kl_clip_schedule: Literal["constant", "linear"] = "constant"
-    max_nu: float = 1.0
-    momentum: float = 0.9
+    max_nu: float = setting(1.0, Positive())
+    momentum: float = setting(0.9, Probability(below_one=True))
     momentum_scale: Literal["1-mu", "1"] = "1-mu"  # θ −= lr·(1−μ)·buf (BL/IK/AK) or lr·buf (KP)
-    cold_iters: int = 0  # clipped momentum-SGD updates before K-FAC steps (baselines: 10)
-    cold_momentum: float = 0.9
-    stats_batch_fraction: float = 1.0  # fast knob: statistics on a subsample of the batch
+    # clipped momentum-SGD updates before K-FAC steps (baselines: 10)
+    cold_iters: int = setting(0, AtLeast(0))
+    cold_momentum: float = setting(0.9, Probability(below_one=True))
+    # fast knob: statistics on a subsample of the batch
+    stats_batch_fraction: float = setting(1.0, Fraction())
     # Speed knobs (issue 6; kfac_bench/bench_report.py FAST). Off by default: the synchronous
     # inverse of the references. async: decompositions run on a background thread from a snapshot
     # of the factors and are used exactly `async_staleness` updates later (waiting if needed), so
     # runs stay reproducible and the staleness is exact (openai/baselines ran it unbounded).
     async_inverse: bool = False
-    async_staleness: int = 5  # updates between a decomposition's snapshot and its first use
-    async_timeout_s: float = 600.0  # waiting longer than this for a decomposition: KfacError
-    inverse_threads: int = 0  # torch threads for the decompositions (0: torch's default)
+    # updates between a decomposition's snapshot and its first use; at most inverse_every
+    async_staleness: int = setting(5, AtLeast(1))
+    # waiting longer than this for a decomposition: KfacError
+    async_timeout_s: float = setting(600.0, Positive(MAX_WAIT_S))
+    # torch threads for the decompositions (0: torch's default)
+    inverse_threads: int = setting(0, AtLeast(0, MAX_THREADS))
     unsupported: Literal["error", "sgd"] = "error"  # parameters outside Linear/Conv2d
 
 
@@ -126,7 +170,7 @@ class PolicyConfig:
     """Network: ``auto`` picks MLP / MinAtar CNN / Nature CNN from the observation shape."""
 
     arch: Literal["auto", "mlp", "minatar-cnn", "nature-cnn"] = "auto"
-    hidden: tuple[int, ...] = (64, 64)
+    hidden: tuple[int, ...] = setting((64, 64), Each(AtLeast(1)))
     activation: Literal["tanh", "relu"] = "tanh"
     shared_trunk: bool = True  # False: separate actor and critic networks (stable-baselines MLP)
 
@@ -137,31 +181,35 @@ class AtariConfig:
 
     episodic_life: bool = True
     reward_clip: bool = True
-    noop_max: int = 30
-    frame_skip: int = 4
-    repeat_action_probability: float = 0.0
+    noop_max: int = setting(30, AtLeast(0))
+    frame_skip: int = setting(4, AtLeast(1))
+    repeat_action_probability: float = setting(0.0, Probability())
 
 
 @dataclass(frozen=True)
 class LogConfig:
     """How often the trainer writes ``updates.csv`` rows and checkpoints."""
 
-    update_every: int = 10  # updates between updates.csv rows
-    checkpoint_every: int = 200  # updates between checkpoints (and one at the end)
+    update_every: int = setting(10, AtLeast(1))  # updates between updates.csv rows
+    # updates between checkpoints (and one at the end)
+    checkpoint_every: int = setting(200, AtLeast(1))
     diagnostics: bool = True  # factor traces / condition numbers in updates.csv
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything one training run needs. ``env`` is a Gymnasium id."""
+    """Everything one training run needs. ``env`` is a Gymnasium id.
 
-    env: str
-    variant: str = "paper"
-    seed: int = 0
-    preset: str = ""
-    total_steps: int = 100_000
+    ``env``, ``variant``, ``preset`` and ``seed`` name the run (IDENTITY_FLAGS): they come from
+    their own flags, never from ``--set``."""
+
+    env: str = field(metadata={"domain": Identity("--env", "a Gymnasium id")})
+    variant: str = setting("paper", Identity("--variant", "a name of `kfac-bench variants`"))
+    seed: int = setting(0, AtLeast(0, MAX_SEED))
+    preset: str = setting("", Identity("--preset", "a name of `kfac-bench presets`"))
+    total_steps: int = setting(100_000, AtLeast(1))
     device: Literal["auto", "cpu", "cuda"] = "cpu"
-    torch_threads: int = 0  # 0: leave torch's default
+    torch_threads: int = setting(0, AtLeast(0, MAX_THREADS))  # 0: leave torch's default
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -175,6 +223,15 @@ class RunConfig:
     def label(self) -> str:
         """What tables and figures call this run: the variant, or the control's algo name."""
         return self.variant if self.optim.algo == "acktr" else self.optim.algo
+
+
+# The keys that name a run, and the flag that sets each.
+IDENTITY_FLAGS: dict[str, str] = {
+    "env": "--env",
+    "variant": "--variant",
+    "preset": "--preset",
+    "seed": "--seed",
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,73 +258,30 @@ def leaf_keys(cls: type = RunConfig, prefix: str = "") -> dict[str, Any]:
     return keys
 
 
-def _type_name(tp: Any) -> str:
-    origin = get_origin(tp)
-    if origin is Literal:
-        return " | ".join(repr(a) for a in get_args(tp))
-    if origin in (Union, types.UnionType):
-        return " | ".join(_type_name(a) for a in get_args(tp))
-    if origin is tuple:
-        return "list of int"
-    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
+@functools.cache
+def leaf_domains(cls: type = RunConfig, prefix: str = "") -> dict[str, Domain | None]:
+    """Every dotted leaf key of a config class, mapped to its domain (None: no declared domain)."""
+    hints = _hints(cls)
+    domains: dict[str, Domain | None] = {}
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if _is_dataclass_type(tp):
+            domains.update(leaf_domains(tp, f"{prefix}{f.name}."))
+        else:
+            domains[f"{prefix}{f.name}"] = domain_of(f, tp)
+    return domains
 
 
-def coerce(key: str, value: Any, tp: Any) -> Any:
-    """Check ``value`` against annotation ``tp`` (typed values from TOML/JSON). Raise ConfigError."""
-    origin = get_origin(tp)
-    if origin is Literal:
-        choices = get_args(tp)
-        if value in choices:
-            return value
-        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, choices))}")
-    if origin in (Union, types.UnionType):
-        args = get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return coerce(key, value, arg)
-            except ConfigError:
-                pass
-        raise ConfigError(f"{key}: {value!r} has the wrong type (expected {_type_name(tp)})")
-    if origin is tuple:
-        if isinstance(value, (list, tuple)) and all(
-            isinstance(v, int) and not isinstance(v, bool) for v in value
-        ):
-            return tuple(value)
-        raise ConfigError(f"{key}: {value!r} has the wrong type (expected a list of int)")
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-    raise ConfigError(f"{key}: {value!r} has the wrong type (expected {_type_name(tp)})")
+def check_domains(config: RunConfig) -> RunConfig:
+    """Check every leaf against its domain (``None`` passes where the type allows it).
 
-
-def parse_cli_value(text: str) -> Any:
-    """Turn a ``--set`` string into a typed value: JSON literal if it parses, else the string."""
-    lowered = text.strip()
-    if lowered in ("none", "None", "null"):
-        return None
-    if lowered in ("true", "True"):
-        return True
-    if lowered in ("false", "False"):
-        return False
-    try:
-        return json.loads(lowered)
-    except json.JSONDecodeError:
-        return text
+    Raises ConfigError for the first key outside its domain, e.g. ``kfac.damping: inf is not
+    allowed (must be a finite number > 0)``; returns config."""
+    for key, domain in leaf_domains().items():
+        value = get_value(config, key)
+        if domain is not None and value is not None:
+            domain.check(key, value)
+    return config
 
 
 def check_key(key: str) -> Any:
@@ -291,13 +305,32 @@ def with_overrides(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
 
 
 def check_consistency(config: RunConfig) -> RunConfig:
-    """Constraints between keys that types cannot express. Raises ConfigError; returns config."""
-    optim = config.optim
-    if optim.critic_steps < 1:
-        raise ConfigError(f"optim.critic_steps: {optim.critic_steps} must be at least 1")
+    """Combinations of in-domain values that no update rule can serve. Raises ConfigError (one
+    line: the keys, their values and the reason); returns config."""
+    optim, kfac, ppo, rollout = config.optim, config.kfac, config.ppo, config.rollout
+    if optim.critic == "separate-adam" and optim.algo != "acktr":
+        raise ConfigError(
+            f"optim.critic='separate-adam' needs optim.algo='acktr' ({optim.algo} steps actor and "
+            "critic with its one optimiser; policy.shared_trunk=false gives separate networks)"
+        )
     if optim.critic_steps > 1 and (optim.algo != "acktr" or optim.critic != "separate-adam"):
         raise ConfigError(
             "optim.critic_steps > 1 needs optim.algo='acktr' and optim.critic='separate-adam'"
+        )
+    # curvature/optimizer.py KFAC._refresh_decompositions keeps one background decomposition in
+    # flight: the one snapshotted at a due step must be installed before the next is due.
+    if optim.algo == "acktr" and kfac.async_inverse and kfac.async_staleness > kfac.inverse_every:
+        raise ConfigError(
+            f"kfac.async_inverse=true needs kfac.async_staleness <= kfac.inverse_every, got "
+            f"{kfac.async_staleness} > {kfac.inverse_every} (one decomposition runs at a time and "
+            f"is used before the next is due): set kfac.inverse_every >= {kfac.async_staleness} "
+            f"or kfac.async_staleness <= {kfac.inverse_every}"
+        )
+    batch = rollout.n_envs * rollout.n_steps
+    if optim.algo == "ppo" and ppo.minibatch_size > batch:
+        raise ConfigError(
+            f"ppo.minibatch_size: {ppo.minibatch_size} exceeds the batch of rollout.n_envs × "
+            f"rollout.n_steps = {rollout.n_envs} × {rollout.n_steps} = {batch} transitions"
         )
     return config
 

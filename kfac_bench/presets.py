@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kfac_bench.config import (
+    IDENTITY_FLAGS,
     ConfigError,
     RunConfig,
     check_consistency,
+    check_domains,
     with_overrides,
 )
 from kfac_bench.rl.envs import EnvFamily, env_family
@@ -359,12 +361,23 @@ def build_config(
     total_steps: int | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> RunConfig:
-    """Resolve a full RunConfig from the layers (module docstring). Raises ConfigError.
+    """Resolve a full RunConfig from the layers (module docstring) and check it. Raises
+    ConfigError (ValueError for an unknown variant) with one line; nothing is written.
 
-    ``preset=None`` picks the environment family's default (FAMILY_DEFAULT_PRESET).
+    ``preset=None`` picks the environment family's default (FAMILY_DEFAULT_PRESET). ``overrides``
+    (``--set``, a sweep's ``[set]`` and grid axes) may not name ``env``/``variant``/``preset``/
+    ``seed``: those name the run and come from the arguments (IDENTITY_FLAGS). Every key is then
+    checked against its domain (``config.check_domains``) and the combination against what the
+    update rules can serve (``config.check_consistency``).
     """
     import variants  # the registry; imported here so config stays importable on its own
 
+    overrides = overrides or {}
+    for key in overrides:
+        if key in IDENTITY_FLAGS:
+            raise ConfigError(
+                f"{key}: cannot be set with --set (it names the run); use {IDENTITY_FLAGS[key]}"
+            )
     variants.get(variant)  # unknown name -> ValueError naming the valid ones
     family = env_family(env)
     preset_name = preset or FAMILY_DEFAULT_PRESET[family]
@@ -374,4 +387,5 @@ def build_config(
     config = with_overrides(config, chosen.values_for(env, family))
     if total_steps is not None:
         config = with_overrides(config, {"total_steps": total_steps})
-    return check_consistency(with_overrides(config, overrides or {}))
+    config = with_overrides(config, overrides)
+    return check_consistency(check_domains(config))
