@@ -32,6 +32,8 @@ def show(value: Any) -> str:
     """A value as the user typed it: ``inf``, ``nan``, ``-1``, ``'nope'``, ``[64, 0]``."""
     if isinstance(value, bool):
         return "true" if value else "false"
+    if value is None:
+        return "null"
     if isinstance(value, (list, tuple)):
         text = "[" + ", ".join(show(v) for v in value) + "]"
     else:

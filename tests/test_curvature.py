@@ -156,7 +156,11 @@ def test_separate_bias_block_is_damped_inverse():
 # K-FAC is exact for one Linear layer and batch size 1
 
 
-def test_linear_batch1_kron_equals_exact_fisher_block():
+@pytest.mark.parametrize("name", variants.names())
+def test_linear_batch1_kron_equals_exact_fisher_block(name):
+    """Every variant is exact here (DESIGN.md §3: on Linear layers all give ā āᵀ and ĝ ĝᵀ):
+    kron(G, A) is the exact [W | b] block, or, for a variant with a separate bias block, kron(G, A)
+    the exact W–W block and bias_G the exact b–b block."""
     torch.manual_seed(0)
     layer = nn.Linear(4, 3)
     x = torch.randn(1, 4)
@@ -171,11 +175,16 @@ def test_linear_batch1_kron_equals_exact_fisher_block():
     vec = torch.cat([per_example["weight"], per_example["bias"][:, None]], dim=1).reshape(-1)
     exact = torch.outer(vec, vec)
 
-    for name in ("paper", "baselines", "kfac-pytorch", "kfac-reduce"):
-        out = layer(x)
-        g = torch.autograd.grad(torch.log_softmax(out, -1)[0, action[0]], out)[0]
-        f = variants.get(name).factors(layer, x, g)
+    out = layer(x)
+    g = torch.autograd.grad(torch.log_softmax(out, -1)[0, action[0]], out)[0]
+    f = variants.get(name).factors(layer, x, g)
+    if f.bias_G is None:
         torch.testing.assert_close(torch.kron(f.G, f.A), exact)
+    else:
+        w = per_example["weight"].reshape(-1)
+        torch.testing.assert_close(torch.kron(f.G, f.A), torch.outer(w, w))
+        b = per_example["bias"]
+        torch.testing.assert_close(f.bias_G, torch.outer(b, b))
 
 
 def test_linear_single_input_kron_equals_true_fisher_expectation_over_actions():

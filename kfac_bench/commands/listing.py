@@ -20,19 +20,44 @@ def run_variants(args: argparse.Namespace) -> int:
 
 def add_presets_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--keys", action="store_true", help="list every config key with its type and default"
+        "--keys",
+        action="store_true",
+        help="list every config key with its default and allowed values",
     )
+
+
+def print_keys() -> None:
+    """One line per config key: the key, its default and its domain (what values it allows)."""
+    from typing import get_args
+
+    from kfac_bench.config import (
+        IDENTITY_FLAGS,
+        RunConfig,
+        flatten,
+        leaf_domains,
+        leaf_keys,
+        to_dict,
+    )
+    from kfac_bench.domains import Identity, show
+
+    defaults = flatten(to_dict(RunConfig(env="CartPole-v1")))
+    width = max(map(len, defaults))
+    for key, domain in leaf_domains().items():
+        allowed = domain.describe() if domain is not None else "(unchecked)"
+        if type(None) in get_args(leaf_keys()[key]):
+            allowed += ", or null"
+        if key in IDENTITY_FLAGS:
+            flag = "" if isinstance(domain, Identity) else f", set with {IDENTITY_FLAGS[key]}"
+            allowed += f"{flag} (it names the run: never --set)"
+        default = "-" if key == "env" else show(defaults[key])
+        print(f"{key:<{width}}  {default:<14} {allowed}")
 
 
 def run_presets(args: argparse.Namespace) -> int:
     from kfac_bench.presets import FAMILY_DEFAULT_PRESET, PRESETS
 
     if args.keys:
-        from kfac_bench.config import RunConfig, flatten, leaf_keys, to_dict
-
-        defaults = flatten(to_dict(RunConfig(env="CartPole-v1")))
-        for key, tp in leaf_keys().items():
-            print(f"{key:<32} {defaults.get(key)!r:<14} {getattr(tp, '__name__', tp)}")
+        print_keys()
         return 0
     width = max(map(len, PRESETS))
     for name, preset in PRESETS.items():

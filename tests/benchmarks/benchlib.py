@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import variants
+
 QUICK_BATCH = 4
 DEVICE_ENV = "KFAC_BENCH_DEVICE"  # set by `python -m kfac_bench.bench_report run --device ...`
 
@@ -102,7 +104,16 @@ LAYERS: list[LayerCase] = [
     LayerCase("mlp", "v", 256, (64,), _fc(64, 1), "tanh"),
 ]
 
-VARIANTS = ["paper", "baselines", "kfac-pytorch", "ikostrikov", "kfac-reduce"]
+# Every registered variant, so a new one gets its benchmarks by itself; until its DESIGN.md §3 row
+# is added to the functions below, they raise (unknown_variant) rather than guess.
+VARIANTS = variants.names()
+
+
+def unknown_variant(variant: str) -> LookupError:
+    return LookupError(
+        f"benchlib has no DESIGN.md §3 row for variant {variant!r}: add it to factor_products, "
+        "reference_factors, homogeneous_corner and deriv_trace (tests/benchmarks/benchlib.py)"
+    )
 
 
 def layer_inputs(
@@ -146,7 +157,7 @@ def factor_products(variant: str, t: int, k: int, c: int, bias: bool, batch: int
         return [*products, (batch, c)] if bias else products
     if variant == "kfac-reduce":
         return [(batch, kb), (batch, c)]
-    raise ValueError(variant)
+    raise unknown_variant(variant)
 
 
 def gram_flops(rows: int, cols: int) -> int:
@@ -192,14 +203,17 @@ def reference_factors(variant: str, module: nn.Module, x: torch.Tensor, g: torch
         return second_moment(abar) / b / t**2, gamma * t**2, None
     if variant == "ikostrikov":
         return second_moment(a) / b / t**2, gamma * t**2, summed_cov() if bias else None
-    raise ValueError(variant)
+    raise unknown_variant(variant)
 
 
 def homogeneous_corner(variant: str, t: int) -> float | None:
     """A's bias-bias entry, an exact invariant of each variant (None: no homogeneous coord)."""
-    return {"paper": float(t), "baselines": 1 / t, "kfac-pytorch": 1 / t, "kfac-reduce": 1.0}.get(
-        variant
-    )
+    corners = {"paper": float(t), "baselines": 1 / t, "kfac-pytorch": 1 / t, "kfac-reduce": 1.0}
+    if variant == "ikostrikov":
+        return None
+    if variant not in corners:
+        raise unknown_variant(variant)
+    return corners[variant]
 
 
 def deriv_trace(variant: str, g: torch.Tensor) -> float:
@@ -210,7 +224,11 @@ def deriv_trace(variant: str, g: torch.Tensor) -> float:
     if variant == "kfac-reduce":
         return float((d.sum(2) ** 2).sum() / b)
     gamma = float((d**2).sum() / (b * t))
-    return gamma if variant == "paper" else gamma * t**2
+    if variant == "paper":
+        return gamma
+    if variant in ("baselines", "kfac-pytorch", "ikostrikov"):
+        return gamma * t**2
+    raise unknown_variant(variant)
 
 
 # ---------------------------------------------------------------------------------------------
