@@ -334,7 +334,10 @@ def test_cli_play_writes_a_gif(tmp_path):
         ),
         (["--env", "CartPole-v1", "--set", "kfac.damping_mode=exact"], "is not one of 'eigen'"),
         (["--env", "CartPole-v1", "--set", "nokey"], "--set expects key=value"),
-        (["--env", "CartPole-v1", "--set", "optim.critic_steps=0"], "must be at least 1"),
+        (
+            ["--env", "CartPole-v1", "--set", "optim.critic_steps=0"],
+            "optim.critic_steps: 0 is not allowed (must be an integer >= 1)",
+        ),
         (
             ["--env", "CartPole-v1", "--preset", "a2c", "--set", "optim.critic_steps=2"],
             "optim.critic_steps > 1 needs optim.algo='acktr'",
