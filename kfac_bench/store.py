@@ -1,4 +1,4 @@
-"""The run directory contract (DESIGN.md §5) and atomic file writes.
+"""The run directory contract (DESIGN.md §5): its one owner; nothing else writes or parses it.
 
     runs/<sweep>/<label>__<env-slug>__s<seed>[__<axis>-<value>...]/
       config.json    label, variant, env, seed, preset, axes, the resolved config, provenance
@@ -6,26 +6,33 @@
       updates.csv    step, wall_time, update, fps, policy_loss, ... (append-only, flushed)
       status.json    {"state": running|done|failed|diverged, "steps", "error", "wall_time"}
       checkpoint.pt  latest resumable state (atomic: temp file + rename)
+      .lock          the per-run lock (``fcntl.flock``; holds the writer's pid)
 
-A kill at any moment leaves readable files; on resume the CSVs are cut back to the checkpoint's
-step so rows are never duplicated. Run names never contain timestamps.
+Guarantees: exactly one process writes a run directory at a time (:class:`RunLock`, taken by
+``train`` and by the sweep's workers). config.json, status.json and checkpoint.pt are replaced
+atomically (:mod:`kfac_bench.atomic`), the CSVs are append-only with flushed rows, so a kill at
+any moment leaves readable files; on resume stale temp files are removed, a torn last CSV row is
+dropped and the CSVs are cut back to the checkpoint's step, so rows are never lost before the
+checkpoint nor duplicated. A damaged file is a :class:`RunDirError` whose one line names the file
+and what to do. Run names never contain timestamps.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import io
 import json
 import os
-import platform
 import re
-import subprocess
-import sys
-import tempfile
 from collections.abc import Iterable
-from datetime import datetime, timezone
+from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any
+
+from kfac_bench.atomic import save_torch, write_atomic, write_json  # noqa: F401  (re-exported)
 
 EPISODE_COLUMNS = ["step", "wall_time", "return", "length"]
 UPDATE_COLUMNS = [
@@ -46,7 +53,6 @@ UPDATE_COLUMNS = [
     "trust_q",  # the trust region's q = Σ⟨F̃⁻¹g, g⟩ that set ν (ν = min(1, sqrt(δ/(lr²·q))))
     "clip_fraction",  # PPO: fraction of ratios outside [1−ε, 1+ε] over the last epoch
 ]
-STATES = ("running", "done", "failed", "diverged")
 
 
 def env_slug(env_id: str) -> str:
@@ -67,54 +73,274 @@ def run_name(label: str, env_id: str, seed: int, axes: dict[str, Any] | None = N
     return "__".join(parts)
 
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-def write_atomic(path: Path, data: bytes, mode: int | None = None) -> None:
-    """Write to a temp file in the same directory, fsync, then rename over ``path``.
-
-    The file gets ``mode``, or by default the ordinary permissions (0666 minus the umask;
-    mkstemp alone would leave 0600). The one atomic-write mechanism of the project."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), 0o666 & ~_UMASK if mode is None else mode)
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: Path, obj: Any) -> None:
-    write_atomic(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
-
-
 def read_json(path: Path) -> Any:
-    return json.loads(path.read_text())
-
-
-def save_torch(path: Path, obj: Any) -> None:
-    """torch.save through :func:`write_atomic` (a kill never leaves a torn checkpoint)."""
-    import torch
-
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    write_atomic(path, buffer.getvalue())
+    """Parse a JSON file; a damaged one is a :class:`RunDirError` naming the file."""
+    try:
+        return json.loads(Path(path).read_text())
+    except UnicodeDecodeError as error:
+        raise RunDirError(path, f"is not UTF-8 text ({error.reason})", _DAMAGED) from None
+    except json.JSONDecodeError as error:
+        raise RunDirError(path, f"is not valid JSON ({error})", _DAMAGED) from None
 
 
 def load_checkpoint(path: Path) -> dict:
     """Load with ``weights_only=True``: tensors and plain containers only, no arbitrary pickle."""
     import torch
 
+    path = Path(path)
+    if path.is_file() and path.stat().st_size == 0:
+        raise RunDirError(path, "is empty", _RESTART)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError:
+        raise
     except Exception as error:
-        raise ValueError(f"cannot load checkpoint {path}: {str(error).splitlines()[0]}") from error
+        raise RunDirError(path, f"cannot be loaded ({_first_line(error)})", _RESTART) from None
+    if not isinstance(state, dict):
+        raise RunDirError(path, f"holds a {type(state).__name__}, not a checkpoint", _RESTART)
+    return state
+
+
+# ---------------------------------------------------------------------------------------------
+# errors, status and config record
+
+
+_DAMAGED = "it was changed outside kfac-bench; move the run directory away to start the run over"
+_RESTART = "delete checkpoint.pt to restart the run from step 0, or move the run directory away"
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+class RunDirError(ValueError):
+    """A run directory's file is unreadable, damaged or belongs to another run.
+
+    The message names the file, what is wrong with it and what to do:
+    ``runs/x/status.json is not valid JSON (...); it was changed outside kfac-bench; ...``."""
+
+    def __init__(self, path: Path | str, problem: str, action: str) -> None:
+        self.path, self.problem, self.action = Path(path), problem, action
+        super().__init__(f"{self.path} {problem}; {action}")
+
+
+class RunLockedError(RunDirError):
+    """Another process holds the run directory's lock."""
+
+    def __init__(self, run_dir: Path, holder: int) -> None:
+        self.holder = holder
+        super().__init__(
+            Path(run_dir),
+            f"is in use by another kfac-bench process (pid {holder or 'unknown'})",
+            "wait for it to finish, or choose another --out directory",
+        )
+
+
+class RunState(str, Enum):
+    """``status.json`` ``state``."""
+
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    DIVERGED = "diverged"
+
+
+FINAL_STATES = frozenset({RunState.DONE, RunState.DIVERGED})  # results: never rerun
+STATES = tuple(s.value for s in RunState)
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    """``status.json``: ``{"state", "steps", "error", "wall_time"}``."""
+
+    state: RunState
+    steps: int = 0
+    error: str | None = None
+    wall_time: float = 0.0
+
+    @property
+    def final(self) -> bool:
+        return self.state in FINAL_STATES
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "state": self.state.value,
+            "steps": int(self.steps),
+            "error": self.error,
+            "wall_time": round(float(self.wall_time), 3),
+        }
+
+    @classmethod
+    def from_dict(cls, obj: Any, path: Path) -> RunStatus:
+        """Validate a parsed ``status.json``; anything off is a :class:`RunDirError`."""
+        if not isinstance(obj, dict):
+            raise RunDirError(path, f"holds a JSON {type(obj).__name__}, not an object", _DAMAGED)
+        state, steps = obj.get("state"), obj.get("steps", 0)
+        if state not in STATES:
+            raise RunDirError(
+                path, f"has state {state!r}, not one of {', '.join(STATES)}", _DAMAGED
+            )
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
+            raise RunDirError(path, f"has steps {steps!r}, not an integer >= 0", _DAMAGED)
+        error, wall = obj.get("error"), obj.get("wall_time", 0.0)
+        if error is not None and not isinstance(error, str):
+            raise RunDirError(path, f"has error {error!r}, not a string or null", _DAMAGED)
+        if not isinstance(wall, (int, float)) or isinstance(wall, bool):
+            raise RunDirError(path, f"has wall_time {wall!r}, not a number", _DAMAGED)
+        return cls(RunState(state), steps, error, float(wall))
+
+
+def read_status(run_dir: Path) -> RunStatus | None:
+    """The run's status; None when it has no ``status.json`` (never started)."""
+    path = Path(run_dir) / "status.json"
+    if not path.exists():
+        return None
+    return RunStatus.from_dict(read_json(path), path)
+
+
+def write_status(run_dir: Path, status: RunStatus) -> None:
+    write_json(Path(run_dir) / "status.json", status.to_dict())
+
+
+def read_config_record(run_dir: Path) -> dict[str, Any]:
+    """``config.json`` (label, variant, env, seed, preset, axes, config, provenance).
+
+    A missing, unparsable or malformed file (no ``config`` object) is a :class:`RunDirError`."""
+    path = Path(run_dir) / "config.json"
+    if not path.exists():
+        raise RunDirError(path, "is missing", "this is not a complete run directory")
+    record = read_json(path)
+    if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
+        raise RunDirError(path, 'has no "config" object (not a run\'s config.json)', _DAMAGED)
+    return record
+
+
+def config_drift(run_dir: Path, config: Any) -> list[str]:
+    """``key: saved -> wanted`` for every setting where ``config.json`` differs from ``config``.
+
+    Empty when they agree or the directory has no ``config.json`` yet (a fresh run)."""
+    from kfac_bench.config import config_differences
+
+    if not (Path(run_dir) / "config.json").exists():
+        return []
+    return config_differences(read_config_record(run_dir)["config"], config)
+
+
+def drift_error(run_dir: Path, diffs: list[str]) -> RunDirError:
+    """The one message for a run directory that holds a run with another config."""
+    shown = "; ".join(diffs[:3]) + (f"; ... {len(diffs) - 3} more" if len(diffs) > 3 else "")
+    return RunDirError(
+        Path(run_dir) / "config.json",
+        f"holds a run with a different config ({shown})",
+        "restore the settings it was started with, or choose another --out directory "
+        "(or move the run directory away to start over)",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# the per-run lock and stale temp files
+
+
+_HELD: dict[Path, list] = {}  # run dir -> [fd, depth]: this process's locks (re-entrant)
+
+
+class RunLock:
+    """Exclusive ``fcntl.flock`` on ``<run>/.lock``, released by the kernel if the holder dies.
+
+    Re-entrant within one process (the sweep worker holds it around ``train``, which takes it
+    too). ``acquire`` creates the run directory if needed."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir).resolve()
+        self.path = self.run_dir / ".lock"
+        self.held = False
+
+    def acquire(self) -> int | None:
+        """Take the lock without waiting; None on success, else the holder's pid (0: unknown)."""
+        if self.held:
+            return None
+        if self.run_dir in _HELD:
+            _HELD[self.run_dir][1] += 1
+            self.held = True
+            return None
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = _read_pid(fd)
+            os.close(fd)
+            return holder
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        _HELD[self.run_dir] = [fd, 1]
+        self.held = True
+        return None
+
+    def release(self) -> None:
+        if not self.held:
+            return
+        self.held = False
+        slot = _HELD[self.run_dir]
+        slot[1] -= 1
+        if slot[1] == 0:
+            del _HELD[self.run_dir]
+            with contextlib.suppress(OSError):
+                fcntl.flock(slot[0], fcntl.LOCK_UN)
+            os.close(slot[0])
+
+    def __enter__(self) -> RunLock:
+        holder = self.acquire()
+        if holder is not None:
+            raise RunLockedError(self.run_dir, holder)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _read_pid(fd: int) -> int:
+    try:
+        return int(os.pread(fd, 32, 0).decode().strip() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def lock_holder(run_dir: Path) -> int | None:
+    """Pid holding ``<run>/.lock`` (0 when unknown), or None when it is free. Creates nothing."""
+    run_dir = Path(run_dir).resolve()
+    if run_dir in _HELD:
+        return os.getpid()
+    try:
+        fd = os.open(run_dir / ".lock", os.O_RDWR)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return _read_pid(fd)
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temps(run_dir: Path) -> list[str]:
+    """Delete the ``.<name>.*.tmp`` files a kill during :func:`write_atomic` leaves behind.
+
+    Call only while holding the run's lock (a live writer's temp file looks the same)."""
+    removed = []
+    for path in Path(run_dir).glob(".*.tmp"):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path.name)
+    return sorted(removed)
+
+
+# ---------------------------------------------------------------------------------------------
+# CSV logs
 
 
 class CsvLog:
@@ -128,10 +354,11 @@ class CsvLog:
             with path.open(newline="") as handle:
                 header = next(csv.reader(handle), [])
             if header != columns:
-                raise ValueError(
-                    f"{path} was written with other columns than this version writes "
-                    f"({len(header)} vs {len(columns)}); resume it with the version that "
-                    "started it, or use another --out directory"
+                raise RunDirError(
+                    path,
+                    f"was written with other columns than this version writes "
+                    f"({len(header)} vs {len(columns)})",
+                    "resume it with the version that started it, or use another --out directory",
                 )
         self.handle = path.open("a", newline="")
         self.writer = csv.writer(self.handle)
@@ -157,68 +384,33 @@ def _fmt(value: Any) -> str:
 
 
 def truncate_csv(path: Path, max_step: int) -> int:
-    """Keep the header and rows with ``step ≤ max_step`` (atomic rewrite); returns rows kept."""
+    """Cut a log back to the checkpoint: keep the header and rows with ``step <= max_step``.
+
+    A torn last row (no line end: a kill or a full disk inside a write) is dropped first.
+    Any other row that does not parse (wrong field count, non-numeric step) is a
+    :class:`RunDirError` naming the file and line. Atomic rewrite; returns the rows kept."""
     if not path.exists():
         return 0
-    with path.open(newline="") as handle:
-        rows = list(csv.reader(handle))
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        data = data[: data.rfind(b"\n") + 1]  # the torn tail (all of it if there is no line end)
+    try:
+        rows = list(csv.reader(io.StringIO(data.decode())))
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise RunDirError(path, f"is not a readable CSV ({_first_line(error)})", _DAMAGED) from None
     if not rows:
         return 0
-    header, body = rows[0], rows[1:]
-    kept = [r for r in body if r and int(float(r[0])) <= max_step]
+    header, kept = rows[0], []
+    for line, row in enumerate(rows[1:], start=2):
+        try:
+            if len(row) != len(header):
+                raise ValueError(f"{len(row)} fields, the header has {len(header)}")
+            step = int(float(row[0]))
+        except ValueError as error:
+            raise RunDirError(path, f"line {line} is garbled ({error})", _DAMAGED) from None
+        if step <= max_step:
+            kept.append(row)
     text = io.StringIO()
     csv.writer(text).writerows([header, *kept])
     write_atomic(path, text.getvalue().encode())
     return len(kept)
-
-
-def git_info() -> tuple[str, bool]:
-    """(commit, dirty) of the source tree this package runs from; ("unknown", False) outside git."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5
-        )
-        if commit.returncode != 0:
-            return "unknown", False
-        status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-        return commit.stdout.strip(), bool(status.stdout.strip())
-    except (OSError, subprocess.SubprocessError):
-        return "unknown", False
-
-
-def versions() -> dict[str, str]:
-    from importlib import metadata
-
-    import torch
-
-    found = {"python": sys.version.split()[0], "torch": torch.__version__}
-    for name in ("kfac-bench", "numpy", "gymnasium", "ale-py", "minatar"):
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return found
-
-
-def provenance(device: str) -> dict[str, Any]:
-    import torch
-
-    commit, dirty = git_info()
-    return {
-        "git_commit": commit,
-        "git_dirty": dirty,
-        "versions": versions(),
-        "host": platform.node(),
-        "platform": platform.platform(),
-        "cpu": platform.processor() or platform.machine(),
-        "torch_threads": torch.get_num_threads(),
-        "device": device,
-        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }

@@ -320,6 +320,8 @@ class Trainer:
 
 def config_record(config: RunConfig, axes: dict | None = None) -> dict:
     """config.json: top-level label, variant, env, seed, preset, axes, then config + provenance."""
+    from kfac_bench.provenance import provenance
+
     return {
         "label": config.label,
         "variant": config.variant,
@@ -329,7 +331,7 @@ def config_record(config: RunConfig, axes: dict | None = None) -> dict:
         "axes": dict(axes or {}),
         **{key: value for key, value in (axes or {}).items()},
         "config": config_mod.to_dict(config),
-        "provenance": store.provenance(str(resolve_device(config.device))),
+        "provenance": provenance(str(resolve_device(config.device))),
     }
 
 
