@@ -23,8 +23,11 @@ def write_atomic(path: Path, data: bytes, mode: int | None = None) -> None:
 
     The file gets ``mode``, or by default the ordinary permissions (0666 minus the umask;
     mkstemp alone would leave 0600). The one atomic-write mechanism of the project."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:
+        raise naming(error, path, "write") from error
     try:
         with os.fdopen(fd, "wb") as handle:
             os.fchmod(handle.fileno(), 0o666 & ~_UMASK if mode is None else mode)
@@ -32,9 +35,20 @@ def write_atomic(path: Path, data: bytes, mode: int | None = None) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as error:
+        Path(tmp).unlink(missing_ok=True)
+        raise naming(error, path, "write") from error
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def naming(error: OSError, path: Path, action: str) -> OSError:
+    """The same OSError (same subclass, errno) about ``path`` (not a temp file), with ``action``
+    (``write``, ``create``, ``read``) for the command line's one-line message."""
+    named = OSError(error.errno, error.strerror, str(path))
+    named.action = action  # type: ignore[attr-defined]
+    return named
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -2,7 +2,8 @@
 
 A subcommand module provides ``add_arguments(parser)`` and ``run(args) -> int``. User errors
 (bad config, unknown env/variant/preset, bad spec) print one line ``kfac-bench: error: ...`` and
-exit 2; nothing is written.
+exit 2; nothing is written. Environment and file-system failures (read-only or full disk,
+``--out`` under a file) print ``kfac-bench: error: cannot write <file>: <reason>`` and exit 1.
 """
 
 from __future__ import annotations
@@ -46,6 +47,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def os_error_line(error: OSError) -> str:
+    """``cannot write runs/x/config.json: read-only file system`` (environment failures)."""
+    reason = (error.strerror or type(error).__name__).lower()
+    if error.filename is None:
+        return f"{reason} ({_first_line(error)})" if error.strerror else _first_line(error)
+    action = getattr(error, "action", "access")
+    return f"cannot {action} {error.filename}: {reason}"
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
@@ -53,10 +68,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args()
     try:
         return int(args._run(args) or 0)
-    except (UserError, ConfigError, ValueError, FileNotFoundError) as error:
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        print(f"kfac-bench: error: {message}", file=sys.stderr)
+    except (UserError, ConfigError, ValueError) as error:
+        print(f"kfac-bench: error: {_first_line(error)}", file=sys.stderr)
         return 2
+    except FileNotFoundError as error:
+        if error.filename is not None:
+            print(f"kfac-bench: error: {os_error_line(error)}", file=sys.stderr)
+            return 1
+        print(f"kfac-bench: error: {str(error).splitlines()[0]}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        print(f"kfac-bench: error: {os_error_line(error)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("kfac-bench: interrupted", file=sys.stderr)
         return 130

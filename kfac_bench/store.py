@@ -26,13 +26,14 @@ import io
 import json
 import os
 import re
-from collections.abc import Iterable
+import shutil
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from kfac_bench.atomic import save_torch, write_atomic, write_json  # noqa: F401  (re-exported)
+from kfac_bench.atomic import naming, save_torch, write_atomic, write_json  # noqa: F401  (re-exported)
 
 EPISODE_COLUMNS = ["step", "wall_time", "return", "length"]
 UPDATE_COLUMNS = [
@@ -227,13 +228,14 @@ def config_drift(run_dir: Path, config: Any) -> list[str]:
     return config_differences(read_config_record(run_dir)["config"], config)
 
 
-def drift_error(run_dir: Path, diffs: list[str]) -> RunDirError:
+def drift_error(run_dir: Path, diffs: list[str], action: str | None = None) -> RunDirError:
     """The one message for a run directory that holds a run with another config."""
     shown = "; ".join(diffs[:3]) + (f"; ... {len(diffs) - 3} more" if len(diffs) > 3 else "")
     return RunDirError(
         Path(run_dir) / "config.json",
         f"holds a run with a different config ({shown})",
-        "restore the settings it was started with, or choose another --out directory "
+        action
+        or "restore the settings it was started with, or choose another --out directory "
         "(or move the run directory away to start over)",
     )
 
@@ -264,8 +266,11 @@ class RunLock:
             _HELD[self.run_dir][1] += 1
             self.held = True
             return None
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise naming(error, self.path, "create") from error
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -339,6 +344,76 @@ def remove_stale_temps(run_dir: Path) -> list[str]:
     return sorted(removed)
 
 
+def check_run_dir(run_dir: Path, config: Any) -> RunStatus | None:
+    """Read-only check before a run starts or resumes: the saved config must match, then the
+    status must be readable. Returns the status (None: never started); raises RunDirError."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(run_dir, "is a file, not a run directory", "choose another --out")
+    diffs = config_drift(run_dir, config)
+    if diffs:
+        raise drift_error(run_dir, diffs)
+    return read_status(run_dir)
+
+
+@contextlib.contextmanager
+def claimed(run_dir: Path) -> Iterator[None]:
+    """Create (if needed) and lock ``run_dir`` for this process (RunLockedError if taken).
+
+    If the body raises before ``config.json`` exists, the directories created here are removed
+    again: bad input or a failed first write leaves nothing behind."""
+    run_dir = Path(run_dir).absolute()
+    created = next((p for p in [*reversed(run_dir.parents), run_dir] if not p.exists()), None)
+    lock = RunLock(run_dir)
+    try:
+        with lock:
+            yield
+    except BaseException:
+        if created is not None and not (run_dir / "config.json").exists():
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+
+
+def begin(run_dir: Path, record: dict[str, Any]) -> dict | None:
+    """Under the lock: remove stale temp files, then resume or start the run.
+
+    With a checkpoint: cut both CSVs back to its step (dropping a torn last row) and return
+    its state. Without: delete stale CSVs, write ``config.json`` and return None."""
+    run_dir = Path(run_dir)
+    remove_stale_temps(run_dir)
+    checkpoint = run_dir / "checkpoint.pt"
+    if checkpoint.exists():
+        state = load_checkpoint(checkpoint)
+        for name in ("episodes.csv", "updates.csv"):
+            truncate_csv(run_dir / name, int(state.get("steps", 0)))
+        return state
+    for name in ("episodes.csv", "updates.csv"):
+        (run_dir / name).unlink(missing_ok=True)
+    write_json(run_dir / "config.json", record)
+    return None
+
+
+def mark_failed(
+    run_dir: Path, error: str, steps: int | None = None, *, require_config: bool = True
+) -> bool:
+    """Record ``failed`` in a run directory this process holds, unless its status is final or
+    (``require_config``) it has no config.json, so nothing of the run was written. The sweep
+    passes ``require_config=False`` so a run that fails before its first write is not rerun
+    without ``--retry-failed``. Never raises; True when written."""
+    try:
+        if require_config and not (Path(run_dir) / "config.json").exists():
+            return False
+        old = read_status(run_dir)
+        if old is not None and (old.final or old.state is RunState.FAILED):
+            return False
+        prior_steps = old.steps if old is not None else 0
+        wall = old.wall_time if old is not None else 0.0
+        write_status(run_dir, RunStatus(RunState.FAILED, steps or prior_steps, error, wall))
+        return True
+    except (OSError, ValueError):
+        return False
+
+
 # ---------------------------------------------------------------------------------------------
 # CSV logs
 
@@ -367,9 +442,12 @@ class CsvLog:
             self.handle.flush()
 
     def write(self, rows: Iterable[dict[str, Any]]) -> None:
-        for row in rows:
-            self.writer.writerow([_fmt(row.get(c)) for c in self.columns])
-        self.handle.flush()
+        try:
+            for row in rows:
+                self.writer.writerow([_fmt(row.get(c)) for c in self.columns])
+            self.handle.flush()
+        except OSError as error:
+            raise naming(error, self.path, "write") from error
 
     def close(self) -> None:
         self.handle.close()

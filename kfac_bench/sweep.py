@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import importlib
 import importlib.util
 import math
@@ -67,12 +66,12 @@ from multiprocessing.connection import wait as wait_connections
 from pathlib import Path
 from typing import Any
 
-from kfac_bench import config as config_mod
+from kfac_bench import store
 from kfac_bench.config import RunConfig
 from kfac_bench.rl.envs import env_family
+from kfac_bench.store import FINAL_STATES, RunLock, lock_holder
 from kfac_bench.sweep_spec import PlannedRun, SpecError, SweepSpec, load_spec, planned_steps
 
-FINAL_STATES = ("done", "diverged")
 # Rough single-thread env steps/s per family on a laptop core (see runs/quick.toml); only used to
 # order the queue longest-first and for the dry run's estimate.
 FAMILY_STEPS_PER_SECOND = {"classic": 20_000, "generic": 10_000, "minatar": 5_000, "atari": 1_000}
@@ -148,6 +147,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.workers is not None and args.workers < 1:
         raise ValueError(f"--workers must be at least 1, got {args.workers}")
+    if args.cpus_per_run is not None and not (0 < args.cpus_per_run < math.inf):
+        raise ValueError(f"--cpus-per-run must be a number > 0, got {args.cpus_per_run}")
+    if not (0 <= args.gpus_per_run < math.inf):
+        raise ValueError(f"--gpus-per-run must be a number >= 0, got {args.gpus_per_run}")
     out = Path(args.out) if args.out is not None else spec.path.parent / spec.name
     entries = [inspect_run(r, out / r.name, retry_failed=args.retry_failed) for r in spec.runs]
     if spec.fidelity:
@@ -200,38 +203,33 @@ class Entry:
         return item
 
 
+_SPEC_CHANGED = (
+    "the spec (or a code default) changed since this run started; restore it, or move the run "
+    "directory away to start over"
+)
+NOT_RETRYABLE = ("config changed", "unreadable")  # --retry-failed cannot help these
+
+
 def inspect_run(run: PlannedRun, run_dir: Path, *, retry_failed: bool) -> Entry:
     """What to do with one run, from ``config.json`` and ``status.json`` in its directory."""
-    from kfac_bench import store
-
     entry = Entry(run, run_dir, "pending", target=planned_steps(run.config))
-    config_path, status_path = run_dir / "config.json", run_dir / "status.json"
     try:
-        if config_path.exists():
-            saved = store.read_json(config_path).get("config", {})
-            diff = config_mod.config_differences(saved, run.config)
-            if diff:
-                shown = "; ".join(diff[:3]) + (f"; … {len(diff) - 3} more" if len(diff) > 3 else "")
-                entry.state, entry.todo, entry.note = "failed", False, "config changed"
-                entry.error = (
-                    f"config.json differs from the config the spec now gives ({shown}): the spec "
-                    "(or a code default) changed since this run started; restore it, or move the "
-                    "run directory away to start over"
-                )
-                return entry
-        status = store.read_json(status_path) if status_path.exists() else None
+        diffs = store.config_drift(run_dir, run.config)
+        if diffs:
+            entry.state, entry.todo, entry.note = "failed", False, "config changed"
+            entry.error = _local(store.drift_error(run_dir, diffs, _SPEC_CHANGED))
+            return entry
+        status = store.read_status(run_dir)
     except (OSError, ValueError) as error:
         entry.state, entry.todo, entry.note = "failed", False, "unreadable"
-        entry.error = f"cannot read the run directory: {error}"
+        entry.error = _local(error) if isinstance(error, store.RunDirError) else str(error)
         return entry
     if status is None:
         return entry
-    state = str(status.get("state"))
-    entry.steps = int(status.get("steps") or 0)
-    entry.error = status.get("error")
-    if state in FINAL_STATES:
-        entry.state, entry.todo, entry.target = state, False, entry.steps
-    elif state == "failed":
+    entry.steps, entry.error = status.steps, status.error
+    if status.final:
+        entry.state, entry.todo, entry.target = status.state.value, False, entry.steps
+    elif status.state is store.RunState.FAILED:
         entry.state = "failed" if not retry_failed else "pending"
         entry.todo = retry_failed
         entry.note = "retry" if retry_failed else "--retry-failed to rerun"
@@ -241,6 +239,11 @@ def inspect_run(run: PlannedRun, run_dir: Path, *, retry_failed: bool) -> Entry:
         entry.error = None
         entry.note = f"resume at {entry.steps:,}" if entry.steps else "restart"
     return entry
+
+
+def _local(error: store.RunDirError) -> str:
+    """The error with the file named inside its run directory (the table shows the run)."""
+    return f"{error.path.name} {error.problem}; {error.action}"
 
 
 def _plan_fidelity(entries: list[Entry]) -> None:
@@ -312,61 +315,6 @@ class Task:
     sweep: str
 
 
-class RunLock:
-    """Exclusive ``fcntl.flock`` on ``<run>/.lock`` (released by the kernel if the holder dies)."""
-
-    def __init__(self, run_dir: Path) -> None:
-        self.path = Path(run_dir) / ".lock"
-        self.fd: int | None = None
-
-    def acquire(self) -> int | None:
-        """Take the lock without waiting; None on success, else the holder's pid (0: unknown)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = _read_pid(fd)
-            os.close(fd)
-            return holder
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self.fd = fd
-        return None
-
-    def release(self) -> None:
-        if self.fd is not None:
-            with contextlib.suppress(OSError):
-                fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = None
-
-
-def _read_pid(fd: int) -> int:
-    try:
-        return int(os.pread(fd, 32, 0).decode().strip() or 0)
-    except (OSError, ValueError):
-        return 0
-
-
-def lock_holder(run_dir: Path) -> int | None:
-    """Pid holding ``<run>/.lock`` (0 when unknown), or None when it is free. Creates nothing."""
-    path = Path(run_dir) / ".lock"
-    try:
-        fd = os.open(path, os.O_RDWR)
-    except FileNotFoundError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return _read_pid(fd)
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
-
-
 @contextlib.contextmanager
 def redirect_output(log_path: Path) -> Iterator[None]:
     """Point fds 1 and 2 (and so print, warnings, C libraries) at ``log_path``; restore after."""
@@ -395,29 +343,6 @@ def _error_line(error: BaseException) -> str:
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _mark_failed(run_dir: Path, config: RunConfig, error: str) -> None:
-    """Write ``failed`` unless status.json already says so (or the directory is another run's)."""
-    from kfac_bench import store
-
-    status_path = run_dir / "status.json"
-    status = store.read_json(status_path) if status_path.exists() else {}
-    if status.get("state") in ("failed", *FINAL_STATES):
-        return
-    config_path = run_dir / "config.json"
-    if config_path.exists():
-        if config_mod.config_differences(store.read_json(config_path).get("config", {}), config):
-            return
-    store.write_json(
-        status_path,
-        {
-            "state": "failed",
-            "steps": int(status.get("steps") or 0),
-            "error": error,
-            "wall_time": status.get("wall_time", 0.0),
-        },
-    )
 
 
 def _run_fidelity(run_dir: Path) -> dict[str, Any]:
@@ -489,8 +414,8 @@ def _train(task: Task, run_dir: Path, send, parent_pid: int | None) -> dict[str,
     except Exception as error:
         traceback.print_exc()
         message = _error_line(error)
-        with contextlib.suppress(Exception):
-            _mark_failed(run_dir, task.config, message)
+        if not isinstance(error, store.RunDirError):  # a damaged/foreign directory stays as is
+            store.mark_failed(run_dir, message, require_config=False)
         print(f"=== {_now()} failed: {message}", flush=True)
         return {"state": "failed", "steps": _status_steps(run_dir), "error": message}
     state = result.state.removeprefix("already-")
@@ -507,10 +432,9 @@ def _train(task: Task, run_dir: Path, send, parent_pid: int | None) -> dict[str,
 
 
 def _status_steps(run_dir: Path) -> int:
-    from kfac_bench import store
-
-    with contextlib.suppress(Exception):
-        return int(store.read_json(run_dir / "status.json").get("steps") or 0)
+    with contextlib.suppress(OSError, ValueError):
+        status = store.read_status(run_dir)
+        return status.steps if status is not None else 0
     return 0
 
 
@@ -843,8 +767,6 @@ class Sweep:
 
     # --- sweep.json -----------------------------------------------------------------------------
     def write_index(self) -> None:
-        from kfac_bench import store
-
         store.write_json(
             self.out / "sweep.json",
             {
@@ -1004,16 +926,12 @@ class Sweep:
 
     def _settle_died(self, e: Entry, reason: str) -> None:
         """A worker ended without a result: trust a final status, else record ``failed``."""
-        from kfac_bench import store
-
-        status_path = e.run_dir / "status.json"
-        status = {}
-        with contextlib.suppress(Exception):
-            status = store.read_json(status_path)
-        e.steps = int(status.get("steps") or e.steps)
-        if status.get("state") in FINAL_STATES:
-            e.state, e.error = status["state"], status.get("error")
-            return
+        status = _status_or_none(e.run_dir)
+        if status is not None:
+            e.steps = status.steps
+            if status.final:
+                e.state, e.error = status.state.value, status.error
+                return
         e.state, e.error = "failed", reason
         self._write_failed(e, reason)
         with contextlib.suppress(OSError), (e.run_dir / "train.log").open("a") as log:
@@ -1023,8 +941,8 @@ class Sweep:
         """Record ``failed`` in status.json (under the run's lock) unless it says so already."""
         lock = RunLock(e.run_dir)
         try:
-            if lock.acquire() is None:
-                _mark_failed(e.run_dir, e.run.config, reason)
+            if lock.acquire() is None and not store.config_drift(e.run_dir, e.run.config):
+                store.mark_failed(e.run_dir, reason, require_config=False)
         except Exception as error:  # the sweep must go on
             print(f"{e.run.name}: could not write status.json: {error}", file=sys.stderr)
         finally:
@@ -1058,17 +976,12 @@ class Sweep:
             e.state, e.error = result["state"], result.get("error")
             e.steps = int(result.get("steps") or e.steps)
             return
-        from kfac_bench import store
-
-        status = {}
-        with contextlib.suppress(Exception):
-            status = store.read_json(e.run_dir / "status.json")
-        e.state = (
-            status.get("state", "pending")
-            if status.get("state") in FINAL_STATES
-            else ("running" if status else "pending")
-        )
-        e.steps = int(status.get("steps") or 0)
+        status = _status_or_none(e.run_dir)
+        if status is None:
+            e.state, e.steps = "pending", 0
+        else:
+            e.state = status.state.value if status.final else "running"
+            e.steps = status.steps
 
     # --- summary --------------------------------------------------------------------------------
     def print_summary(self) -> None:
@@ -1081,10 +994,17 @@ class Sweep:
         counts = _count(self.entries)
         print(f"\n{self.spec.name}: {_counts_text(counts)} -> {self.out / 'sweep.json'}")
         failed = [e for e in self.entries if e.state == "failed"]
-        if failed:
+        stuck = [e for e in failed if e.note in NOT_RETRYABLE]
+        if len(failed) > len(stuck):
             print(
-                f"{len(failed)} run(s) failed (see <run>/train.log); rerun them with "
-                f"`kfac-bench sweep {self.spec.path} --retry-failed`",
+                f"{len(failed) - len(stuck)} run(s) failed (see <run>/train.log); rerun them "
+                f"with `kfac-bench sweep {self.spec.path} --retry-failed`",
+                file=sys.stderr,
+            )
+        if stuck:
+            print(
+                f"{len(stuck)} run(s) not started: their directory holds another config or "
+                "cannot be read (see the error column); --retry-failed does not change that",
                 file=sys.stderr,
             )
 
@@ -1107,6 +1027,13 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 # ---------------------------------------------------------------------------------------------
 # small helpers
+
+
+def _status_or_none(run_dir: Path) -> store.RunStatus | None:
+    """The run's status, or None when it has none or it cannot be read."""
+    with contextlib.suppress(OSError, ValueError):
+        return store.read_status(run_dir)
+    return None
 
 
 def json_safe(obj: Any) -> Any:

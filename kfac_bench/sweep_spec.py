@@ -40,7 +40,8 @@ Rules:
   bad TOML (line and column), unknown top-level keys, unknown variants / control presets /
   environment ids / presets / config keys (with the valid choices or close matches), wrong
   value types (each ``[set]`` and ``[grid]`` value against its config field), empty lists and
-  axes, and duplicate runs (a seed, variant, env or grid value listed twice).
+  axes, duplicate runs (a seed, variant, env or grid value listed twice), and a spec of more
+  than ``MAX_RUNS`` (10,000) runs, counted before anything is expanded.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ import difflib
 import hashlib
 import itertools
 import json
+import math
 import re
 import sys
 from dataclasses import dataclass, field
@@ -88,6 +90,7 @@ SPEC_OWNED_KEYS = {
     "preset": "preset",
 }
 CONTROL_VARIANT = "paper"  # recorded in a control run's config; a first-order run ignores it
+MAX_RUNS = 10_000  # a larger spec is refused before it is expanded
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -326,6 +329,10 @@ def parse_spec(raw: dict[str, Any], path: Path) -> SweepSpec:
     elif _is_int(raw_seeds):
         if raw_seeds < 1:
             problems.append(f"`seeds` = {raw_seeds}: an int n means seeds 0..n-1, so n >= 1")
+        elif raw_seeds > MAX_RUNS:
+            problems.append(
+                f"`seeds` = {raw_seeds}: more than a sweep may hold (at most {MAX_RUNS:,} runs)"
+            )
         else:
             seeds = list(range(raw_seeds))
     elif isinstance(raw_seeds, list) and all(_is_int(s) and s >= 0 for s in raw_seeds):
@@ -398,6 +405,13 @@ def parse_spec(raw: dict[str, Any], path: Path) -> SweepSpec:
         if ok:
             grid[key] = unique
 
+    if not problems:
+        count = _run_count(envs or [], variants or [], controls or [], seeds or [], grid)
+        if count > MAX_RUNS:
+            problems.append(
+                f"the spec describes {count:,} runs; a sweep holds at most {MAX_RUNS:,} "
+                "(split it into several specs)"
+            )
     if problems:
         raise SpecError(path, problems)
 
@@ -424,6 +438,19 @@ def parse_spec(raw: dict[str, Any], path: Path) -> SweepSpec:
 
 # ---------------------------------------------------------------------------------------------
 # expand
+
+
+def _run_count(
+    envs: list[str],
+    variants: list[str],
+    controls: list[str],
+    seeds: list[int],
+    grid: dict[str, list[Any]],
+) -> int:
+    """``envs × (variants × grid + controls × non-K-FAC grid) × seeds``, without expanding."""
+    full = math.prod(len(v) for v in grid.values())
+    control = math.prod(len(v) for k, v in grid.items() if not k.startswith("kfac."))
+    return len(envs) * (len(variants) * full + len(controls) * control) * len(seeds)
 
 
 def _combos(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:

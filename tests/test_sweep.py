@@ -325,15 +325,20 @@ def test_changed_spec_is_reported_for_that_run_and_nothing_is_touched(tmp_path, 
     store.write_json(run_dir / "status.json", {"state": "done", "steps": 1024, "error": None})
     before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
     assert sweep.run(parse(spec, "--no-progress")) == 1
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
     wanted = run.config.kfac.damping
-    assert (
-        f"config.json differs from the config the spec now gives (kfac.damping: 0.5 -> {wanted!r})"
-        in out
+    assert f"config.json holds a run with a different config (kfac.damping: 0.5 -> {wanted!r})" in (
+        captured.out
     )
     assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
     entry = store.read_json(tmp_path / "changed" / "sweep.json")["runs"][0]
-    assert entry["state"] == "failed" and "kfac.damping" in entry["error"]
+    assert entry["state"] == "failed"
+    assert (
+        f"(kfac.damping: 0.5 -> {wanted!r}); the spec (or a code default) changed"
+        in (entry["error"])
+    )
+    assert "--retry-failed does not change that" in captured.err  # defect 14
+    assert "rerun them with" not in captured.err
 
 
 KILL = """

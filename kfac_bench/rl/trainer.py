@@ -308,10 +308,8 @@ class Trainer:
         self.write_status("running", wall_time)
 
     def write_status(self, state: str, wall_time: float, error: str | None = None) -> None:
-        store.write_json(
-            self.run_dir / "status.json",
-            {"state": state, "steps": self.steps, "error": error, "wall_time": round(wall_time, 3)},
-        )
+        status = store.RunStatus(store.RunState(state), self.steps, error, wall_time)
+        store.write_status(self.run_dir, status)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -342,51 +340,34 @@ def train(
     axes: dict | None = None,
     on_progress: ProgressCallback | None = None,
 ) -> RunResult:
-    """Run (or resume, or skip) one training run in ``run_dir``. See the module docstring."""
+    """Run (or resume, or skip) one training run in ``run_dir``. See the module docstring.
+
+    Everything that can fail on bad settings (the saved config, the status, the env, policy and
+    update rule) is checked before the directory is created or locked; a directory this call
+    created is removed again if the first write fails. Raises store.RunDirError (a damaged or
+    foreign directory, or one locked by another process) without touching the directory."""
     run_dir = Path(run_dir)
-    status_path = run_dir / "status.json"
-    checkpoint_path = run_dir / "checkpoint.pt"
-    if status_path.exists():
-        status = store.read_json(status_path)
-        if status.get("state") in ("done", "diverged"):
-            return RunResult(
-                f"already-{status['state']}", int(status.get("steps", 0)), status.get("error")
-            )
-    if (run_dir / "config.json").exists():
-        saved = store.read_json(run_dir / "config.json")["config"]
-        diffs = config_mod.config_differences(saved, config)
-        if diffs:
-            raise ValueError(
-                f"{run_dir} holds a run with a different config ({'; '.join(diffs[:3])}); "
-                "choose another --out directory"
-            )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    resuming = checkpoint_path.exists()
-    if not resuming:
-        for name in ("episodes.csv", "updates.csv"):
-            (run_dir / name).unlink(missing_ok=True)
-        store.write_json(run_dir / "config.json", config_record(config, axes))
-    trainer: Trainer | None = None
+    status = store.check_run_dir(run_dir, config)
+    if status is not None and status.final:
+        return RunResult(f"already-{status.state.value}", status.steps, status.error)
+    record = config_record(config, axes)
+    trainer = Trainer(config, run_dir)
     try:
-        trainer = Trainer(config, run_dir)
-        if resuming:
-            trainer.load_state_dict(store.load_checkpoint(checkpoint_path))
-            store.truncate_csv(run_dir / "episodes.csv", trainer.steps)
-            store.truncate_csv(run_dir / "updates.csv", trainer.steps)
-        trainer.write_status("running", trainer.wall_offset)
-        return trainer.run(on_progress)
-    except KeyboardInterrupt:
-        raise
-    except Exception as error:
-        steps = trainer.steps if trainer is not None else 0
-        wall_time = trainer.wall_offset if trainer is not None else 0.0
-        store.write_json(
-            status_path,
-            {
-                "state": "failed",
-                "steps": steps,
-                "error": f"{type(error).__name__}: {error}",
-                "wall_time": wall_time,
-            },
-        )
-        raise
+        with store.claimed(run_dir):
+            status = store.check_run_dir(run_dir, config)  # again, now that it is ours
+            if status is not None and status.final:
+                return RunResult(f"already-{status.state.value}", status.steps, status.error)
+            state = store.begin(run_dir, record)
+            try:
+                if state is not None:
+                    trainer.load_state_dict(state)
+                trainer.write_status("running", trainer.wall_offset)
+                return trainer.run(on_progress)
+            except (KeyboardInterrupt, store.RunDirError):
+                raise
+            except Exception as error:
+                store.mark_failed(run_dir, f"{type(error).__name__}: {error}", trainer.steps)
+                raise
+    finally:
+        trainer.env.close()
+        trainer.rule.close()
