@@ -352,6 +352,6 @@ def test_sigkill_at_many_points_loses_and_duplicates_nothing(tmp_path):
 def test_the_episode_oracle_rejects_lost_and_duplicated_rows():
     rows = pd.DataFrame({"step": [10, 25, 40, 52], "length": [10, 15, 8, 12]})  # resumed at 32
     _episode_starts_oracle(rows, [0, 32])
-    for broken in (rows.drop(index=1), pd.concat([rows.iloc[:2], rows.iloc[1:]])):
+    for broken in (rows.drop(index=0), pd.concat([rows.iloc[:2], rows.iloc[1:]])):
         with pytest.raises(AssertionError):
             _episode_starts_oracle(broken.reset_index(drop=True), [0, 32])
