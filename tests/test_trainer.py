@@ -219,12 +219,20 @@ def test_divergence_is_recorded_not_crashed(tmp_path, monkeypatch):
     assert status["state"] == "diverged" and "non-finite loss at update 1" in status["error"]
 
 
-def test_exception_is_recorded_as_failed(tmp_path):
+def test_exception_is_recorded_as_failed(tmp_path, monkeypatch):
     config = tiny_config(**{"policy.arch": "nature-cnn"})  # incompatible with CartPole obs
-    with pytest.raises(Exception):  # noqa: B017 - any error; what matters is the record
+    with pytest.raises(Exception):  # noqa: B017 - raised while building, before any write
         trainer_mod.train(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("update exploded")
+
+    monkeypatch.setattr(trainer_mod.Trainer, "update", broken)
+    with pytest.raises(RuntimeError):
+        trainer_mod.train(tiny_config(), tmp_path / "run")
     status = json.loads((tmp_path / "run/status.json").read_text())
-    assert status["state"] == "failed" and status["error"]
+    assert status["state"] == "failed" and status["error"] == "RuntimeError: update exploded"
 
 
 @pytest.mark.parametrize("async_staleness", [None, 2])
