@@ -98,6 +98,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/peers"))
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=100_000)
     parser.add_argument("--algos", nargs="+", default=["a2c", "ppo"])
     parser.add_argument("--envs", nargs="+", default=["CartPole-v1", "Acrobot-v1"])
@@ -105,7 +106,7 @@ def main() -> None:
     torch.set_num_threads(1)  # as kfac-bench's classic-control runs (torch_threads = 1)
     for env_id in args.envs:
         for algo in args.algos:
-            for seed in range(args.seeds):
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
                 run(algo, env_id, seed, args.steps, args.out)
 
 

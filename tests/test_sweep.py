@@ -179,7 +179,8 @@ def test_control_runs_layering_and_kfac_axes(tmp_path):
     a2c = [r for r in spec.runs if r.label == "a2c"]
     assert {tuple(r.axes) for r in a2c} == {("loss.ent_coef",)}
     c, a2c_lr = a2c[0].config, PRESETS["a2c"].values["optim.lr"]
-    assert (c.optim.algo, c.preset, c.optim.lr, c.rollout.n_envs) == ("a2c", "a2c", a2c_lr, 4)
+    # the control's own batch (rl-zoo CartPole: 8 envs) wins over [set], as its lr does
+    assert (c.optim.algo, c.preset, c.optim.lr, c.rollout.n_envs) == ("a2c", "a2c", a2c_lr, 8)
     # the family's default preset (classic-tuned) lies below the control preset
     assert c.rollout.gae_lambda == PRESETS["classic-tuned"].values["rollout.gae_lambda"]
     paper = next(r for r in spec.runs if r.label == "paper")
