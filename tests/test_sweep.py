@@ -181,8 +181,9 @@ def test_control_runs_layering_and_kfac_axes(tmp_path):
     c, a2c_lr = a2c[0].config, PRESETS["a2c"].values["optim.lr"]
     # the control's own batch (rl-zoo CartPole: 8 envs) wins over [set], as its lr does
     assert (c.optim.algo, c.preset, c.optim.lr, c.rollout.n_envs) == ("a2c", "a2c", a2c_lr, 8)
-    # the family's default preset (classic-tuned) lies below the control preset
-    assert c.rollout.gae_lambda == PRESETS["classic-tuned"].values["rollout.gae_lambda"]
+    # the control names its own returns (n-step), not the family default's GAE 0.98
+    assert PRESETS["classic-tuned"].values["rollout.gae_lambda"] == 0.98
+    assert c.rollout.gae_lambda is None
     paper = next(r for r in spec.runs if r.label == "paper")
     assert (paper.config.optim.lr, paper.config.total_steps) == (0.1, 5000)
     assert paper.name == "paper__CartPole-v1__s0__damping_mode-eigen__ent_coef-0.0"
