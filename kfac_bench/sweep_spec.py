@@ -502,7 +502,12 @@ def plan_runs(spec: SweepSpec) -> list[PlannedRun]:
                     problems.append(message)
                 continue
             for seed in spec.seeds:
-                config = dataclasses.replace(base, seed=seed)
+                try:  # every seed, not only the first, is checked against its domain
+                    config = config_mod.check_domains(dataclasses.replace(base, seed=seed))
+                except ConfigError as error:
+                    if str(error) not in problems:
+                        problems.append(str(error))
+                    continue
                 name = run_name(config.label, env, seed, axes)
                 runs.append(
                     PlannedRun(name, config.label, variant, env, seed, dict(axes), config, control)
