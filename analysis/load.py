@@ -11,8 +11,11 @@
 
 Nothing is dropped: a failed, diverged, unfinished or unreadable run keeps its row in ``runs``
 with ``ok = False`` and a human-readable ``issue``; runs listed in ``sweep.json`` without a
-directory get a row too. ``ok`` is True only when the run's own ``status.json`` says ``done``
-and it has episodes; the statistics use the ``ok`` runs and the report lists the others.
+directory get a row too. ``ok`` is True only when the run's ``config.json`` and ``status.json``
+are readable (:func:`kfac_bench.store.read_config_record`, :func:`kfac_bench.store.read_status`),
+the status says ``done`` and it has episodes; the statistics use the ``ok`` runs and the report
+lists the others with the reason. Older ``updates.csv`` files lacking some of today's columns
+(``kfac_bench.store.UPDATE_COLUMNS``) load with those columns absent (NaN in the tidy table).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from kfac_bench import store
 from kfac_bench.store import EPISODE_COLUMNS
 
 RUN_FILES = ("config.json", "episodes.csv", "updates.csv", "status.json")
@@ -118,18 +122,50 @@ def _first_line(text: Any) -> str:
     return str(text).strip().splitlines()[0] if text and str(text).strip() else ""
 
 
+def _unreadable(error: Exception, name: str) -> str:
+    """``config.json unreadable: is not valid JSON (...)`` — the file and what is wrong."""
+    if isinstance(error, store.RunDirError):
+        return f"{error.path.name} unreadable: {error.problem}"
+    if isinstance(error, OSError):
+        return f"{name} unreadable: {(error.strerror or type(error).__name__).lower()}"
+    return f"{name} unreadable: {error}"
+
+
+def _read_record(run_dir: Path) -> tuple[dict[str, Any], str | None]:
+    """``config.json`` through the store (the run-directory contract's reader)."""
+    if not (run_dir / "config.json").exists():
+        return {}, "config.json missing"
+    try:
+        return store.read_config_record(run_dir), None
+    except (OSError, ValueError) as error:  # RunDirError is a ValueError
+        return {}, _unreadable(error, "config.json")
+
+
+def _read_run_status(run_dir: Path) -> tuple[dict[str, Any], str | None]:
+    """``status.json`` through the store, as a plain dict (``wall_time`` dropped when 0)."""
+    try:
+        status = store.read_status(run_dir)
+    except (OSError, ValueError) as error:
+        return {}, _unreadable(error, "status.json")
+    if status is None:
+        return {}, "status.json missing"
+    fields = status.to_dict()
+    if not fields["wall_time"]:
+        fields.pop("wall_time")
+    return fields, None
+
+
 def _load_run(run_dir: Path, listed: dict[str, Any] | None) -> dict[str, Any]:
     """Read one run directory into ``{"row": {...}, "episodes": df, "updates": df, ...}``."""
     parsed = parse_run_name(run_dir.name)
     problems: list[str] = []
-    config, problem = _read_json(run_dir / "config.json")
+    config, problem = _read_record(run_dir)
     if problem:
         problems.append(problem)
-    config = config or {}
-    status, problem = _read_json(run_dir / "status.json")
+    status, problem = _read_run_status(run_dir)
     if problem:
         problems.append(problem)
-    status = status or {}
+    readable = len(problems) == 0
     episodes, problem = _read_csv(run_dir / "episodes.csv", ("step", "return"))
     if problem:
         problems.append(problem)
@@ -185,7 +221,7 @@ def _load_run(run_dir: Path, listed: dict[str, Any] | None) -> dict[str, Any]:
         "preset": str(config.get("preset", "")),
         **{f"axis:{k}": _axis_value(v) for k, v in axes.items()},
         "state": str(state),
-        "ok": state == "done" and bool(status) and n_episodes > 0,
+        "ok": readable and state == "done" and n_episodes > 0,
         "issue": "; ".join(problems),
         "steps": float(steps) if steps is not None else np.nan,
         "budget": float(budget) if budget else np.nan,

@@ -1,10 +1,12 @@
 """Figures. Every function takes its data and an ``ax`` (or a ``fig`` for multi-panel figures)
 and returns it; nothing is shown or saved here (the report saves PNG + SVG).
 
-Colours are fixed per label across every figure (:func:`label_color`): the five variants and
-the ``a2c`` control have reserved colours from the colour-blind-safe seaborn "colorblind"
-palette; any other label gets a deterministic colour from the rest of that palette (CRC32 of
-its name), so a label looks the same in every figure and every report.
+Colours are fixed per label across every figure (:func:`label_color`): the five variants have
+reserved colours from the colour-blind-safe seaborn "colorblind" palette and the first-order
+controls reserved greys (``a2c`` light, ``ppo`` dark, told apart by lightness); any other label
+gets a deterministic colour from the rest of that palette (CRC32 of its name), so a label looks
+the same in every figure and every report. The diagnostics figures are in
+:mod:`analysis.plots_diagnostics`.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ LABEL_COLORS: dict[str, str] = {
     "kfac-pytorch": "#029e73",
     "ikostrikov": "#d55e00",
     "kfac-reduce": "#cc78bc",
-    "a2c": "#949494",
+    "a2c": "#949494",  # the first-order controls are greys: light (a2c) and dark (ppo)
+    "ppo": "#4a4a4a",
 }
 #: Colours for labels outside :data:`LABEL_COLORS` (the rest of "colorblind" + darker tones).
 FALLBACK_COLORS: tuple[str, ...] = (
@@ -305,81 +308,3 @@ def plot_axis_effect(
     ax.grid(alpha=0.3)
     _legend(ax, loc="best")
     return ax
-
-
-# ---------------------------------------------------------------------------------------------
-# K-FAC diagnostics
-
-DIAGNOSTIC_TITLES = {
-    "kl": "KL(π_old‖π_new)",
-    "predicted_kl": "predicted KL",
-    "nu": "trust-region scale ν",
-    "lr": "learning rate",
-}
-
-
-def plot_diagnostic(
-    ax: Axes, frame: pd.DataFrame, ylabel: str, title: str = "", log: bool = False
-) -> Axes:
-    """Median over seeds (line) and inter-quartile band of one logged diagnostic per group.
-
-    ``frame``: rows ``group, label, column, x, median, q25, q75``; several columns (e.g. a
-    layer's ``A_trace`` and ``G_trace``) get different line styles.
-    """
-    columns = list(dict.fromkeys(frame["column"]))
-    for (group, column), part in frame.groupby(["group", "column"], sort=False):
-        color = label_color(str(part["label"].iloc[0]))
-        style = LINESTYLES[columns.index(column) % len(LINESTYLES)]
-        name = group if len(columns) == 1 else f"{group}: {_short_column(column)}"
-        ax.plot(part["x"], part["median"], color=color, ls=style, lw=1.5, label=name)
-        ax.fill_between(part["x"], part["q25"], part["q75"], color=color, alpha=0.12, lw=0)
-    if log and (frame["median"] > 0).any():
-        ax.set_yscale("log")
-    ax.set_xlabel("env steps")
-    ax.set_ylabel(ylabel)
-    if title:
-        ax.set_title(title)
-    ax.grid(alpha=0.3)
-    _legend(ax, loc="best")
-    return ax
-
-
-def _short_column(column: str) -> str:
-    return column.removeprefix("diag/")
-
-
-def diagnostic_panels(columns: Sequence[str]) -> list[tuple[str, list[str], bool]]:
-    """Panels for the diagnostics figure: ``(title, columns, log-scale)``.
-
-    KL actual and predicted share a panel; ν and lr have one each; every ``diag/`` quantity
-    (``A_trace``, ``G_cond``, …) gets a panel with one line per layer.
-    """
-    present = set(columns)
-    panels: list[tuple[str, list[str], bool]] = []
-    kl = [c for c in ("kl", "predicted_kl") if c in present]
-    if kl:
-        panels.append(("KL: actual (solid) vs predicted (dashed)", kl, True))
-    for col in ("nu", "lr"):
-        if col in present:
-            panels.append((DIAGNOSTIC_TITLES[col], [col], False))
-    quantities: dict[str, list[str]] = {}
-    for col in columns:
-        if col.startswith("diag/"):
-            quantities.setdefault(col.rsplit("/", 1)[-1], []).append(col)
-    for quantity, cols in sorted(quantities.items()):
-        log = not quantity.endswith("clipped")
-        panels.append((f"{quantity} per layer", cols, log))
-    return panels
-
-
-def diagnostics_figure(fig: Figure, frame: pd.DataFrame, env: str) -> Figure:
-    """All diagnostic panels of one env (``fig`` with one axes per panel, see
-    :func:`diagnostic_panels`)."""
-    panels = diagnostic_panels(list(dict.fromkeys(frame["column"])))
-    for ax, (title, cols, log) in zip(fig.axes, panels):
-        part = frame[frame["column"].isin(cols)]
-        ylabel = title.split(" per layer")[0] if "per layer" in title else title.split(":")[0]
-        plot_diagnostic(ax, part, ylabel, f"{env}: {title}", log=log)
-    for ax in fig.axes[len(panels) :]:
-        ax.set_visible(False)
-    return fig

@@ -1,26 +1,24 @@
-"""From a loaded :class:`~analysis.load.Sweep` to per-run metrics, curves and score matrices.
+"""From a loaded :class:`~analysis.load.Sweep` to per-run metrics, score matrices and tables.
 
-A **group** is what is compared: the run's ``label`` plus its value on every extra sweep axis
-(``paper`` or ``paper [damping_mode=eigen]``). Statistics use only ``ok`` runs (state
-``done`` with episodes); the other runs stay in the per-run table with their ``issue``.
+A **group** is what is compared (:mod:`analysis.groups`): the run's ``label`` plus its value on
+every extra sweep axis. Statistics use only ``ok`` runs (state ``done`` with episodes and a
+readable config and status); the other runs stay in the per-run table with their ``issue``.
+Curves are in :mod:`analysis.curves`, normalisation bounds in :mod:`analysis.normalise`.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from analysis import aggregate, metrics
+from analysis.groups import group_order, with_groups
 from analysis.load import Sweep
-from analysis.references import reference_for
-
-#: Labels in their fixed display order (the five variants, then the first-order control).
-KNOWN_LABELS = ("paper", "baselines", "kfac-pytorch", "ikostrikov", "kfac-reduce", "a2c")
+from analysis.normalise import env_threshold, normalisation_bounds
 
 
 @dataclass(frozen=True)
@@ -36,117 +34,7 @@ class MetricOptions:
     grid_points: int = 200  # common grid for learning curves
 
 
-# ---------------------------------------------------------------------------------------------
-# Groups
-
-
-def _axis_short_names(axes: Sequence[str]) -> dict[str, str]:
-    short = {a: a.rsplit(".", 1)[-1] for a in axes}
-    if len(set(short.values())) < len(short):
-        return {a: a for a in axes}
-    return short
-
-
-def group_name(label: str, axis_values: dict[str, Any]) -> str:
-    """``label`` or ``label [axis=value, ...]`` (axis keys shortened to their last part)."""
-    if not axis_values:
-        return str(label)
-    short = _axis_short_names(list(axis_values))
-    inner = ", ".join(f"{short[a]}={v}" for a, v in axis_values.items())
-    return f"{label} [{inner}]"
-
-
-def facet_name(axis_values: dict[str, Any]) -> str:
-    """``axis=value, ...`` for a facet title; ``"all runs"`` when there are no axes."""
-    if not axis_values:
-        return "all runs"
-    short = _axis_short_names(list(axis_values))
-    return ", ".join(f"{short[a]}={v}" for a, v in axis_values.items())
-
-
-def label_order(labels: Iterable[str]) -> list[str]:
-    """Known labels in :data:`KNOWN_LABELS` order, then the others alphabetically."""
-    unique = list(dict.fromkeys(labels))
-    known = [lab for lab in KNOWN_LABELS if lab in unique]
-    return known + sorted(lab for lab in unique if lab not in KNOWN_LABELS)
-
-
-def with_groups(frame: pd.DataFrame, axes: Sequence[str]) -> pd.DataFrame:
-    """Copy of ``frame`` with ``group`` and ``facet`` columns, sorted by label order then axes."""
-    out = frame.copy()
-    axes = list(axes)
-    out["group"] = [
-        group_name(row["label"], {a: row[a] for a in axes}) for _, row in out.iterrows()
-    ]
-    out["facet"] = [facet_name({a: row[a] for a in axes}) for _, row in out.iterrows()]
-    order = {lab: i for i, lab in enumerate(label_order(out["label"]))}
-    out["_order"] = out["label"].map(order)
-    out = out.sort_values(["_order", *axes], kind="stable").drop(columns="_order")
-    return out.reset_index(drop=True)
-
-
-def group_order(frame: pd.DataFrame) -> list[str]:
-    """Groups in display order (``frame`` must come from :func:`with_groups`)."""
-    return list(dict.fromkeys(frame["group"]))
-
-
-# ---------------------------------------------------------------------------------------------
-# Thresholds and normalisation
-
-
-def env_threshold(env: str, overrides: dict[str, float]) -> tuple[float, str]:
-    """Reward threshold for ``env`` and where it came from.
-
-    ``sweep.json`` ``thresholds`` first, else ``gymnasium.spec(env).reward_threshold``; NaN
-    (source ``"none"``) when neither has one.
-    """
-    if env in overrides:
-        return float(overrides[env]), "sweep.json"
-    try:
-        import gymnasium
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            value = gymnasium.spec(env).reward_threshold
-    except Exception:  # unregistered ids (MinAtar/ALE before registration) or no gymnasium
-        value = None
-    if value is None:
-        return float("nan"), "none"
-    return float(value), "gymnasium spec"
-
-
-def normalisation_bounds(per_run: pd.DataFrame) -> pd.DataFrame:
-    """Per-env ``low, high`` for min–max normalisation and their sources.
-
-    From :func:`analysis.references.reference_for`; a bound the table lacks falls back to the
-    lowest / highest final score of the ``ok`` runs of that env ("observed in this sweep").
-    """
-    rows = []
-    for env, frame in per_run.groupby("env", sort=True):
-        finals = frame.loc[frame["ok"], "final_score"].to_numpy(dtype=float)
-        finals = finals[np.isfinite(finals)]
-        ref = reference_for(str(env))
-        low = ref.random if ref is not None else None
-        high = ref.best if ref is not None else None
-        low_src = "reference" if low is not None else "observed min in this sweep"
-        high_src = "reference" if high is not None else "observed max in this sweep"
-        if low is None:
-            low = float(finals.min()) if finals.size else float("nan")
-        if high is None:
-            high = float(finals.max()) if finals.size else float("nan")
-        rows.append(
-            {
-                "env": env,
-                "low": low,
-                "high": high,
-                "low_source": low_src,
-                "high_source": high_src,
-                "reference": ref.source if ref is not None else "not in analysis/references.py",
-            }
-        )
-    return pd.DataFrame(
-        rows, columns=["env", "low", "high", "low_source", "high_source", "reference"]
-    )
+DEFAULT_OPTIONS = MetricOptions()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -160,7 +48,7 @@ def _budget(row: pd.Series, episodes: pd.DataFrame) -> float:
     return float(episodes["step"].max()) if len(episodes) else float("nan")
 
 
-def run_metrics(sweep: Sweep, options: MetricOptions = MetricOptions()) -> pd.DataFrame:
+def run_metrics(sweep: Sweep, options: MetricOptions = DEFAULT_OPTIONS) -> pd.DataFrame:
     """One row per run (every run, ok or not) with its metrics.
 
     Columns: the run table's identity columns, ``group, facet, state, ok, issue, budget, steps,
@@ -230,6 +118,8 @@ def run_metrics(sweep: Sweep, options: MetricOptions = MetricOptions()) -> pd.Da
     bounds = normalisation_bounds(table).set_index("env")
     table["normalised"] = [
         float(metrics.normalise(r.final_score, bounds.at[r.env, "low"], bounds.at[r.env, "high"]))
+        if bounds.at[r.env, "usable"]
+        else np.nan
         for r in table.itertuples()
     ]
     return table
@@ -349,168 +239,3 @@ def aggregate_table(
 def hash_metric(metric: str) -> int:
     """A small stable integer per metric name, to decorrelate the metrics' bootstrap streams."""
     return sum(ord(ch) for ch in metric)
-
-
-# ---------------------------------------------------------------------------------------------
-# Curves
-
-
-def run_curves(
-    sweep: Sweep,
-    per_run: pd.DataFrame,
-    x: str = "step",
-    options: MetricOptions = MetricOptions(),
-) -> dict[str, tuple[np.ndarray, pd.DataFrame]]:
-    """Per env: ``(grid, frame)`` with one row per ok run and one column per grid point.
-
-    ``x`` is ``"step"`` (grid up to the env's largest budget) or ``"wall_time"`` (grid up to the
-    longest run). Each run's curve is the rolling mean of its episode returns interpolated onto
-    the grid, held up to the run's last step / wall time and NaN after it. The frame's index is
-    the run name; ``frame.attrs["groups"]`` maps run → group.
-    """
-    ok = per_run[per_run["ok"]]
-    episodes = {run: f for run, f in sweep.episodes.groupby("run", sort=False)}
-    out: dict[str, tuple[np.ndarray, pd.DataFrame]] = {}
-    for env in sorted(ok["env"].unique()):
-        env_runs = ok[ok["env"] == env]
-        if x == "step":
-            end = float(env_runs["budget"].max())
-        else:
-            end = float(np.nanmax(env_runs["wall_time"].astype(float)))
-        if not np.isfinite(end) or end <= 0:
-            continue
-        grid = np.linspace(0.0, end, options.grid_points + 1)[1:]
-        rows = {}
-        for r in env_runs.itertuples():
-            eps = episodes.get(r.run)
-            if eps is None or x not in eps:
-                continue
-            eps = eps.sort_values(x, kind="stable")
-            smoothed = metrics.rolling_mean(eps["return"].to_numpy(float), options.curve_window)
-            x_end = r.steps if x == "step" else r.wall_time
-            x_end = float(x_end) if x_end is not None and np.isfinite(x_end) else None
-            rows[r.run] = metrics.interpolate_curve(eps[x].to_numpy(float), smoothed, grid, x_end)
-        if not rows:
-            continue
-        frame = pd.DataFrame.from_dict(rows, orient="index", columns=grid)
-        frame.attrs["groups"] = dict(zip(env_runs["run"], env_runs["group"]))
-        out[str(env)] = (grid, frame)
-    return out
-
-
-def aggregate_curves(
-    curves: dict[str, tuple[np.ndarray, pd.DataFrame]],
-    per_run: pd.DataFrame,
-    metric: str = "iqm",
-    reps: int = 2000,
-    seed: int = 0,
-    confidence: float = 0.95,
-) -> pd.DataFrame:
-    """Long table ``env, group, label, facet, x, point, lo, hi, n`` of across-seed curves.
-
-    ``point`` is ``metric`` over runs at each grid point with a bootstrap CI over runs (see
-    :func:`analysis.aggregate.curve_interval`).
-    """
-    info = per_run.drop_duplicates("group").set_index("group")
-    parts = []
-    for env, (grid, frame) in curves.items():
-        groups = frame.attrs["groups"]
-        for group in group_order(per_run):
-            runs = [run for run in frame.index if groups.get(run) == group]
-            if not runs:
-                continue
-            matrix = frame.loc[runs].to_numpy(dtype=float)
-            point, lo, hi = aggregate.curve_interval(
-                matrix, metric, reps, confidence, aggregate.rng_for(seed, "curve", env, group)
-            )
-            parts.append(
-                pd.DataFrame(
-                    {
-                        "env": env,
-                        "group": group,
-                        "label": info.at[group, "label"],
-                        "facet": info.at[group, "facet"],
-                        "x": grid,
-                        "point": point,
-                        "lo": lo,
-                        "hi": hi,
-                        "n": len(runs),
-                    }
-                )
-            )
-    columns = ["env", "group", "label", "facet", "x", "point", "lo", "hi", "n"]
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
-
-
-# ---------------------------------------------------------------------------------------------
-# K-FAC diagnostics
-
-DIAGNOSTIC_COLUMNS = ("kl", "predicted_kl", "nu", "lr")
-
-
-def diagnostic_columns(updates: pd.DataFrame) -> list[str]:
-    """The standard diagnostics present in ``updates`` plus every ``diag/<layer>/<qty>`` column."""
-    std = [c for c in DIAGNOSTIC_COLUMNS if c in updates.columns]
-    diag = sorted(c for c in updates.columns if str(c).startswith("diag/"))
-    return [c for c in std + diag if updates[c].notna().any()]
-
-
-def diagnostic_curves(sweep: Sweep, per_run: pd.DataFrame, n_points: int = 100) -> pd.DataFrame:
-    """Median (and quartiles) over ok runs of every diagnostic column, on a common step grid.
-
-    Long table ``env, group, label, facet, column, x, median, q25, q75, n``.
-    """
-    updates = sweep.updates
-    if updates.empty:
-        return pd.DataFrame()
-    columns = diagnostic_columns(updates)
-    ok = per_run[per_run["ok"]]
-    by_run = {run: f.sort_values("step") for run, f in updates.groupby("run", sort=False)}
-    parts = []
-    for env in sorted(ok["env"].unique()):
-        env_runs = ok[ok["env"] == env]
-        end = float(env_runs["budget"].max())
-        if not np.isfinite(end) or end <= 0:
-            continue
-        grid = np.linspace(0.0, end, n_points + 1)[1:]
-        for group in group_order(env_runs):
-            runs = [r for r in env_runs.loc[env_runs["group"] == group, "run"] if r in by_run]
-            if not runs:
-                continue
-            label = env_runs.loc[env_runs["group"] == group, "label"].iloc[0]
-            facet = env_runs.loc[env_runs["group"] == group, "facet"].iloc[0]
-            for column in columns:
-                curves = np.array(
-                    [
-                        metrics.interpolate_curve(
-                            by_run[r]["step"].to_numpy(float),
-                            by_run[r][column].to_numpy(float),
-                            grid,
-                        )
-                        if column in by_run[r]
-                        else np.full(grid.shape, np.nan)
-                        for r in runs
-                    ]
-                )
-                if not np.isfinite(curves).any():
-                    continue
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RuntimeWarning)
-                    q25, med, q75 = np.nanpercentile(curves, [25, 50, 75], axis=0)
-                parts.append(
-                    pd.DataFrame(
-                        {
-                            "env": env,
-                            "group": group,
-                            "label": label,
-                            "facet": facet,
-                            "column": column,
-                            "x": grid,
-                            "median": med,
-                            "q25": q25,
-                            "q75": q75,
-                            "n": len(runs),
-                        }
-                    )
-                )
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pandas as pd
 
-from analysis import plots
+from analysis import plots, plots_diagnostics
 
 
 def test_label_colours_are_fixed_and_distinct():
-    known = ["paper", "baselines", "kfac-pytorch", "ikostrikov", "kfac-reduce", "a2c"]
+    known = ["paper", "baselines", "kfac-pytorch", "ikostrikov", "kfac-reduce", "a2c", "ppo"]
     colours = [plots.label_color(label) for label in known]
     assert len(set(colours)) == len(known)
     assert plots.label_color("paper") == "#0173b2"
@@ -84,9 +86,71 @@ def test_axes_level_plots_return_their_ax():
     plots.close(fig)
 
 
-def test_diagnostic_panels_group_kl_and_layers():
-    columns = ["kl", "predicted_kl", "nu", "lr", "diag/fc/A_trace", "diag/conv/A_trace"]
-    panels = plots.diagnostic_panels(columns)
-    assert panels[0][1] == ["kl", "predicted_kl"]
-    assert [p[1] for p in panels[1:3]] == [["nu"], ["lr"]]
-    assert panels[3] == ("A_trace per layer", ["diag/fc/A_trace", "diag/conv/A_trace"], True)
+def _diagnostic_frame(n_groups: int) -> pd.DataFrame:
+    """Long table as :func:`analysis.curves.diagnostic_curves` returns it, ``n_groups`` groups."""
+    labels = ["paper", "baselines", "kfac-pytorch", "ikostrikov", "kfac-reduce", "a2c", "ppo"]
+    rows = []
+    x = np.linspace(1e3, 1e5, 20)
+    for g in range(n_groups):
+        label = labels[g % len(labels)]
+        group = label if g < len(labels) else f"{label} [decay=0.{g}]"
+        columns = ["kl", "kl_ratio", "nu", "lr"] if label not in ("a2c", "ppo") else ["lr"]
+        columns += ["diag/trunk.0/A_trace", "diag/pi/G_cond", "diag/pi/A_clipped"]
+        for column in columns:
+            if label in ("a2c", "ppo") and column.startswith("diag/"):
+                continue
+            value = 0.0 if column.endswith("clipped") else 1e-3 * (g + 1) * (1 + x / 1e5)
+            for xi, v in zip(x, np.broadcast_to(value, x.shape)):
+                rows.append({"env": "E", "group": group, "label": label, "facet": "all runs",
+                             "column": column, "x": xi, "median": v, "q25": 0.9 * v,
+                             "q75": 1.1 * v, "n": 3})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def _overlaps(a, b) -> bool:
+    return not (a.x1 <= b.x0 or b.x1 <= a.x0 or a.y1 <= b.y0 or b.y1 <= a.y0)
+
+
+def test_diagnostics_figures_have_few_lines_and_legends_outside_the_axes():
+    frame = _diagnostic_frame(n_groups=9)
+    drawn = list(plots_diagnostics.figures(frame, "E"))
+    kinds = [(kind, number) for kind, number, _ in drawn]
+    # 9 groups → two chunks (6 + 3); each chunk has a per-update and a per-layer figure
+    assert kinds == [("diagnostics", 1), ("factors", 1), ("diagnostics", 2), ("factors", 2)]
+    for kind, _, fig in drawn:
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        axes = [ax for ax in fig.axes if ax.get_visible()]
+        for ax in axes:
+            data_lines = [ln for ln in ax.get_lines() if len(ln.get_xdata()) > 2]
+            assert 1 <= len(data_lines) <= plots_diagnostics.MAX_LINES, ax.get_title()
+        (legend,) = fig.legends
+        box = legend.get_window_extent(renderer)
+        for ax in axes:
+            assert not _overlaps(box, ax.get_window_extent(renderer)), (kind, ax.get_title())
+            assert ax.get_legend() is None
+        # x tick labels of one axes do not collide
+        for ax in axes:
+            ticks = [t.get_window_extent(renderer) for t in ax.get_xticklabels() if t.get_text()]
+            assert all(not _overlaps(a, b) for a, b in itertools.pairwise(ticks)), ax.get_title()
+        plots.close(fig)
+
+
+def test_factor_grid_rows_are_layers_and_drops_all_zero_quantities():
+    frame = _diagnostic_frame(n_groups=2)
+    layers, quantities = plots_diagnostics.factor_layout(
+        list(dict.fromkeys(frame["column"])), frame
+    )
+    assert layers == ["trunk.0", "pi"]
+    assert quantities == ["A_trace", "G_cond"]  # A_clipped is zero everywhere: not drawn
+    fig = plots_diagnostics.factor_figure(frame, ["paper", "baselines"], "E")
+    titles = sorted(ax.get_title() for ax in fig.axes if ax.get_visible())
+    assert titles == ["pi: cond G", "trunk.0: tr A"]
+    plots.close(fig)
+
+
+def test_diagnostics_group_styles_differ_within_a_label():
+    frame = _diagnostic_frame(n_groups=8)
+    styles = plots_diagnostics.group_styles(frame)
+    assert styles["paper"][0] == styles["paper [decay=0.7]"][0] == plots.label_color("paper")
+    assert styles["paper"][1] != styles["paper [decay=0.7]"][1]
