@@ -112,13 +112,17 @@ def _final_path(error: OSError, stage: Path, out: Path) -> OSError:
 def staged_directory(out: Path) -> Iterator[Path]:
     """Yield an empty staging directory; on a clean exit its files replace those in ``out``.
 
-    Raises ``NotADirectoryError`` (named, action ``write``) when ``out`` is a file, and on any
+    Raises ``NotADirectoryError`` (named, action ``write``) when ``out`` or its nearest existing
+    ancestor is a file, and on any
     failure removes the staging directory and every directory this call created.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise naming(OSError(errno.ENOTDIR, "Not a directory"), out, "write")
     created = _missing_ancestors(out)
+    existing = created[-1].parent if created else out
+    if not existing.is_dir():
+        raise naming(OSError(errno.ENOTDIR, "Not a directory"), existing, "write")
     stage: Path | None = None
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
