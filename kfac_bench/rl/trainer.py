@@ -113,7 +113,8 @@ class Trainer:
             self.env.obs_shape,
             self.env.num_actions,
             config.policy,
-            separate_critic=config.optim.critic == "separate-adam" or not config.policy.shared_trunk,
+            separate_critic=config.optim.critic == "separate-adam"
+            or not config.policy.shared_trunk,
         ).to(self.device)
         self.rule: UpdateRule = build_update_rule(self.policy, config)
 
