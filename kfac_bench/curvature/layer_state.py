@@ -1,0 +1,140 @@
+"""Per-layer K-FAC state: the running factors of one layer and its current decomposition.
+
+:class:`LayerState` holds a layer's running averages of A and G (and the separate bias block
+``bias_G`` of variants that keep one), folds each statistics pass into them, decomposes them
+(:func:`kfac_bench.curvature.inverse.decompose_layer`) and preconditions the layer's gradient.
+:func:`find_layers` decides which modules K-FAC preconditions. The optimizer that drives these
+(statistics cadence, trust region, momentum, asynchronous inverses) is
+:class:`kfac_bench.curvature.optimizer.KFAC`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from kfac_bench.config import KfacConfig
+from kfac_bench.curvature.adapters import check_conv2d, is_supported
+from kfac_bench.curvature.factors import Factors, InitRule
+from kfac_bench.curvature.inverse import FactorPairInverse, LayerDecomposition, decompose_layer
+from kfac_bench.curvature.running import RunningAverage
+
+
+class KfacError(RuntimeError):
+    """K-FAC cannot go on (non-finite factors, failed decomposition, misuse). One-line message."""
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """What one step did. Tensors stay on device; read them with .item() at logging time only."""
+
+    lr: float
+    nu: torch.Tensor
+    q: torch.Tensor
+    predicted_kl: torch.Tensor
+    cold: bool
+    inverted: bool  # a new decomposition was put in use at this step
+    staleness: int = 0  # updates between the statistics behind the decomposition and this step
+
+
+class LayerState:
+    """State of one preconditioned layer: running factors and the current decomposition."""
+
+    def __init__(
+        self, name: str, module: nn.Module, decay: float, init: InitRule, dtype: torch.dtype
+    ):
+        self.name = name
+        self.module = module
+        self.A = RunningAverage(decay, init, dtype)
+        self.G = RunningAverage(decay, init, dtype)
+        self.bias_G: RunningAverage | None = None
+        self.decay, self.init, self.dtype = decay, init, dtype
+        self.weights: FactorPairInverse | None = None
+        self.bias: FactorPairInverse | None = None
+
+    @property
+    def homogeneous(self) -> bool:
+        """Whether A carries the bias coordinate (A is (K+1)² instead of K²)."""
+        k = self.module.weight[0].numel()
+        return self.A.value is not None and self.A.value.shape[0] == k + 1
+
+    def fold(self, factors: Factors) -> None:
+        self.A.update(factors.A)
+        self.G.update(factors.G)
+        if factors.bias_G is not None:
+            if self.bias_G is None:
+                self.bias_G = RunningAverage(self.decay, self.init, self.dtype)
+            self.bias_G.update(factors.bias_G)
+
+    def check_structure(self) -> None:
+        has_bias = self.module.bias is not None
+        if has_bias and not self.homogeneous and self.bias_G is None:
+            raise KfacError(
+                f"layer {self.name!r} has a bias but the variant gave neither a homogeneous "
+                "coordinate in A nor a bias_G block"
+            )
+
+    def invert(self, config: KfacConfig) -> None:
+        bias_g = None if self.bias_G is None else self.bias_G.value
+        self.install(decompose_layer(self.A.value, self.G.value, bias_g, config, self.name))
+
+    def snapshot(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Copies of (A, G, bias_G) for a background decomposition (the averages move on)."""
+        bias_g = None if self.bias_G is None else self.bias_G.value.clone()
+        return self.A.value.clone(), self.G.value.clone(), bias_g
+
+    def install(self, decomposition: LayerDecomposition) -> None:
+        self.weights, self.bias = decomposition
+
+    def precondition(self) -> list[tuple[nn.Parameter, torch.Tensor]]:
+        """(parameter, Δ) pairs for this layer's weight (and bias) from their .grad."""
+        weight, bias = self.module.weight, self.module.bias
+        grad_w = weight.grad.reshape(weight.shape[0], -1).to(self.dtype)
+        if self.homogeneous:
+            m = torch.cat([grad_w, bias.grad.to(self.dtype)[:, None]], dim=1)
+            delta = self.weights.apply(m)
+            return [
+                (weight, delta[:, :-1].reshape(weight.shape)),
+                (bias, delta[:, -1]),
+            ]
+        pairs = [(weight, self.weights.apply(grad_w).reshape(weight.shape))]
+        if bias is not None:
+            delta_b = self.bias.apply(bias.grad.to(self.dtype)[:, None])[:, 0]
+            pairs.append((bias, delta_b))
+        return pairs
+
+    def state_dict(self) -> dict:
+        return {
+            "A": self.A.state_dict(),
+            "G": self.G.state_dict(),
+            "bias_G": None if self.bias_G is None else self.bias_G.state_dict(),
+            "weights": None if self.weights is None else self.weights.state_dict(),
+            "bias": None if self.bias is None else self.bias.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.A.load_state_dict(state["A"])
+        self.G.load_state_dict(state["G"])
+        if state["bias_G"] is not None:
+            self.bias_G = RunningAverage(self.decay, self.init, self.dtype)
+            self.bias_G.load_state_dict(state["bias_G"])
+        self.weights = state["weights"] and FactorPairInverse.from_state_dict(state["weights"])
+        self.bias = state["bias"] and FactorPairInverse.from_state_dict(state["bias"])
+
+
+def find_layers(model: nn.Module) -> tuple[dict[str, nn.Module], list[str]]:
+    """Named Linear/Conv2d layers with trainable weights, and the names of all other parameters."""
+    layers: dict[str, nn.Module] = {}
+    covered: set[int] = set()
+    for name, module in model.named_modules():
+        if is_supported(module) and module.weight.requires_grad:
+            if isinstance(module, nn.Conv2d):
+                check_conv2d(module)
+            layers[name or type(module).__name__] = module
+            covered.update(id(p) for p in module.parameters(recurse=False))
+    others = [
+        name for name, p in model.named_parameters() if p.requires_grad and id(p) not in covered
+    ]
+    return layers, others
