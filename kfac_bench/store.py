@@ -9,22 +9,23 @@
       .lock          the per-run lock (``fcntl.flock``; holds the writer's pid)
 
 Guarantees: exactly one process writes a run directory at a time (:class:`RunLock`, taken by
-``train`` and by the sweep's workers). config.json, status.json and checkpoint.pt are replaced
-atomically (:mod:`kfac_bench.atomic`), the CSVs are append-only with flushed rows, so a kill at
-any moment leaves readable files; on resume stale temp files are removed, a torn last CSV row is
-dropped and the CSVs are cut back to the checkpoint's step, so rows are never lost before the
-checkpoint nor duplicated. A damaged file is a :class:`RunDirError` whose one line names the file
+``train`` through :func:`claimed` and by the sweep's workers). config.json, status.json and
+checkpoint.pt are replaced atomically (:mod:`kfac_bench.atomic`), the CSVs are append-only with
+flushed rows, so a kill at any moment leaves readable files; on resume stale temp files are
+removed, a torn last CSV row is dropped and the CSVs are cut back to the checkpoint's step, so
+rows are never lost before the checkpoint nor duplicated. A damaged file is a :class:`RunDirError` whose one line names the file
 and what to do. Run names never contain timestamps.
+
+Callers go through this module only; the lock and stale temp clean-up
+(:mod:`kfac_bench.run_lock`) and the atomic writes (:mod:`kfac_bench.atomic`) are re-exported.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
-import fcntl
 import io
 import json
-import os
 import re
 import shutil
 from collections.abc import Iterable, Iterator
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from kfac_bench.atomic import naming, save_torch, write_atomic, write_json  # noqa: F401  (re-exported)
+from kfac_bench.run_lock import RunLock, lock_holder, remove_stale_temps  # noqa: F401  (re-exported)
 
 EPISODE_COLUMNS = ["step", "wall_time", "return", "length"]
 UPDATE_COLUMNS = [
@@ -241,107 +243,7 @@ def drift_error(run_dir: Path, diffs: list[str], action: str | None = None) -> R
 
 
 # ---------------------------------------------------------------------------------------------
-# the per-run lock and stale temp files
-
-
-_HELD: dict[Path, list] = {}  # run dir -> [fd, depth]: this process's locks (re-entrant)
-
-
-class RunLock:
-    """Exclusive ``fcntl.flock`` on ``<run>/.lock``, released by the kernel if the holder dies.
-
-    Re-entrant within one process (the sweep worker holds it around ``train``, which takes it
-    too). ``acquire`` creates the run directory if needed."""
-
-    def __init__(self, run_dir: Path) -> None:
-        self.run_dir = Path(run_dir).resolve()
-        self.path = self.run_dir / ".lock"
-        self.held = False
-
-    def acquire(self) -> int | None:
-        """Take the lock without waiting; None on success, else the holder's pid (0: unknown)."""
-        if self.held:
-            return None
-        if self.run_dir in _HELD:
-            _HELD[self.run_dir][1] += 1
-            self.held = True
-            return None
-        try:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as error:
-            raise naming(error, self.path, "create") from error
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = _read_pid(fd)
-            os.close(fd)
-            return holder
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        _HELD[self.run_dir] = [fd, 1]
-        self.held = True
-        return None
-
-    def release(self) -> None:
-        if not self.held:
-            return
-        self.held = False
-        slot = _HELD[self.run_dir]
-        slot[1] -= 1
-        if slot[1] == 0:
-            del _HELD[self.run_dir]
-            with contextlib.suppress(OSError):
-                fcntl.flock(slot[0], fcntl.LOCK_UN)
-            os.close(slot[0])
-
-    def __enter__(self) -> RunLock:
-        holder = self.acquire()
-        if holder is not None:
-            raise RunLockedError(self.run_dir, holder)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-
-def _read_pid(fd: int) -> int:
-    try:
-        return int(os.pread(fd, 32, 0).decode().strip() or 0)
-    except (OSError, ValueError):
-        return 0
-
-
-def lock_holder(run_dir: Path) -> int | None:
-    """Pid holding ``<run>/.lock`` (0 when unknown), or None when it is free. Creates nothing."""
-    run_dir = Path(run_dir).resolve()
-    if run_dir in _HELD:
-        return os.getpid()
-    try:
-        fd = os.open(run_dir / ".lock", os.O_RDWR)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return _read_pid(fd)
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
-
-
-def remove_stale_temps(run_dir: Path) -> list[str]:
-    """Delete the ``.<name>.*.tmp`` files a kill during :func:`write_atomic` leaves behind.
-
-    Call only while holding the run's lock (a live writer's temp file looks the same)."""
-    removed = []
-    for path in Path(run_dir).glob(".*.tmp"):
-        if path.is_file():
-            path.unlink(missing_ok=True)
-            removed.append(path.name)
-    return sorted(removed)
+# claiming a run directory (the lock itself: kfac_bench.run_lock)
 
 
 def check_run_dir(run_dir: Path, config: Any) -> RunStatus | None:
@@ -366,12 +268,16 @@ def claimed(run_dir: Path) -> Iterator[None]:
     created = next((p for p in [*reversed(run_dir.parents), run_dir] if not p.exists()), None)
     lock = RunLock(run_dir)
     try:
-        with lock:
-            yield
+        holder = lock.acquire()
+        if holder is not None:
+            raise RunLockedError(lock.run_dir, holder)
+        yield
     except BaseException:
         if created is not None and not (run_dir / "config.json").exists():
             shutil.rmtree(created, ignore_errors=True)
         raise
+    finally:
+        lock.release()
 
 
 def begin(run_dir: Path, record: dict[str, Any]) -> dict | None:

@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -166,6 +167,48 @@ def test_sweep_out_under_a_file_is_one_line(tmp_path, capsys):
     rc, err, _ = kfac(capsys, "sweep", spec, "--out", tmp_path / "file" / "s", "--no-progress")
     assert rc == 1
     one_error(err, f"{tmp_path / 'file' / 's'}", "not a directory")
+
+
+def _refuse_writes_in(directory: Path, code: int, monkeypatch) -> None:
+    """New files in ``directory`` fail with ``code``, as the kernel does for a read-only mount,
+    or for a user without write permission (root writes through mode bits)."""
+    real = tempfile.mkstemp
+
+    def mkstemp(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir) == directory:
+            raise OSError(code, os.strerror(code))
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+
+
+@pytest.mark.parametrize("case", ["under-a-file", "read-only", "read-only-fs", "a-directory"])
+def test_play_gif_that_cannot_be_written_is_one_line(finished, tmp_path, capsys, monkeypatch, case):
+    (tmp_path / "file").write_text("x")
+    gif, reason = tmp_path / "file" / "sub" / "play.gif", "not a directory"
+    if case == "a-directory":
+        gif, reason = finished, "is a directory"  # e.g. the run directory itself
+    elif case.startswith("read-only"):
+        folder = tmp_path / "ro"
+        folder.mkdir(mode=0o555)
+        code = errno.EACCES if case == "read-only" else errno.EROFS
+        if code == errno.EROFS or os.geteuid() == 0:
+            _refuse_writes_in(folder, code, monkeypatch)
+        gif, reason = folder / "play.gif", os.strerror(code).lower()
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    rc, err, out = kfac(capsys, "play", finished, "--episodes", "1", "--gif", gif)
+    assert rc == 1
+    one_error(err, f"cannot write {gif}: {reason}")
+    assert "episode" not in out  # refused before anything is played
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_play_gif_into_new_directories_is_written(finished, tmp_path, capsys):
+    gif = tmp_path / "new" / "sub" / "play.gif"
+    rc, err, out = kfac(capsys, "play", finished, "--episodes", "1", "--gif", gif)
+    assert rc == 0 and err == [] and f"wrote {gif}" in out
+    assert gif.read_bytes()[:6] == b"GIF89a"
+    assert [p.name for p in gif.parent.iterdir()] == ["play.gif"]  # no probe or temp file left
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import pytest
 from kfac_bench import config as config_mod
 from kfac_bench import store, sweep
 from kfac_bench.presets import PRESETS
-from kfac_bench.sweep_spec import SpecError, load_spec, planned_steps
+from kfac_bench.sweep import SpecError, load_spec, plan_runs, planned_steps, scheduler
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((REPO / "runs").glob("*.toml"))
@@ -174,9 +174,9 @@ def test_control_runs_layering_and_kfac_axes(tmp_path):
             '[grid]\n"kfac.damping_mode" = ["eigen", "tikhonov"]\n"loss.ent_coef" = [0.0, 0.01]\n',
         )
     )
-    names = [r.name for r in spec.runs]
+    names = [r.name for r in plan_runs(spec)]
     assert len(names) == len(set(names)) == 2 * 4 + 2 * 2  # controls skip the kfac axis
-    a2c = [r for r in spec.runs if r.label == "a2c"]
+    a2c = [r for r in plan_runs(spec) if r.label == "a2c"]
     assert {tuple(r.axes) for r in a2c} == {("loss.ent_coef",)}
     c, a2c_lr = a2c[0].config, PRESETS["a2c"].values["optim.lr"]
     # the control's own batch (rl-zoo CartPole: 8 envs) wins over [set], as its lr does
@@ -184,7 +184,7 @@ def test_control_runs_layering_and_kfac_axes(tmp_path):
     # the control names its own returns (n-step), not the family default's GAE 0.98
     assert PRESETS["classic-tuned"].values["rollout.gae_lambda"] == 0.98
     assert c.rollout.gae_lambda is None
-    paper = next(r for r in spec.runs if r.label == "paper")
+    paper = next(r for r in plan_runs(spec) if r.label == "paper")
     assert (paper.config.optim.lr, paper.config.total_steps) == (0.1, 5000)
     assert paper.name == "paper__CartPole-v1__s0__damping_mode-eigen__ent_coef-0.0"
 
@@ -218,9 +218,9 @@ steps = 2000
 
 
 def test_tiny_sweep_end_to_end_waits_for_a_locked_run(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(sweep, "LOCK_RETRY_S", (0.2, 0.5))
+    monkeypatch.setattr(scheduler, "LOCK_RETRY_S", (0.2, 0.5))
     deferred = threading.Event()
-    probe = sweep.lock_holder
+    probe = store.lock_holder
 
     def lock_holder(run_dir):
         holder = probe(run_dir)
@@ -228,12 +228,12 @@ def test_tiny_sweep_end_to_end_waits_for_a_locked_run(tmp_path, capsys, monkeypa
             deferred.set()
         return holder
 
-    monkeypatch.setattr(sweep, "lock_holder", lock_holder)
+    monkeypatch.setattr(scheduler, "lock_holder", lock_holder)
     spec = write_spec(tmp_path, TINY, "tiny")
-    final = planned_steps(load_spec(spec).runs[0].config)
+    final = planned_steps(plan_runs(load_spec(spec))[0].config)
     root = tmp_path / "tiny"
     locked = root / "baselines__CartPole-v1__s1"
-    lock = sweep.RunLock(locked)
+    lock = store.RunLock(locked)
     assert lock.acquire() is None  # someone else writes this run for now
     result: dict = {}
     thread = threading.Thread(
@@ -315,14 +315,17 @@ def test_failed_runs_are_isolated_and_reported(tmp_path, capsys):
 
 def test_changed_spec_is_reported_for_that_run_and_nothing_is_touched(tmp_path, capsys):
     spec = write_spec(tmp_path, BASE + 'variants = ["paper"]\nsteps = 1000\n', "changed")
-    run = load_spec(spec).runs[0]
+    run = plan_runs(load_spec(spec))[0]
     run_dir = tmp_path / "changed" / run.name
     run_dir.mkdir(parents=True)
-    other = load_spec(
-        write_spec(
-            tmp_path, BASE + 'variants = ["paper"]\nsteps = 1000\n[set]\n"kfac.damping" = 0.5\n'
+    other = plan_runs(
+        load_spec(
+            write_spec(
+                tmp_path,
+                BASE + 'variants = ["paper"]\nsteps = 1000\n[set]\n"kfac.damping" = 0.5\n',
+            )
         )
-    ).runs[0]
+    )[0]
     store.write_json(run_dir / "config.json", {"config": config_mod.to_dict(other.config)})
     store.write_json(run_dir / "status.json", {"state": "done", "steps": 1024, "error": None})
     before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
@@ -365,7 +368,7 @@ def _checkpointed(run_dir: Path) -> bool:
 def test_killed_sweep_resumes_without_lost_or_duplicated_rows(tmp_path, capsys):
     spec = write_spec(tmp_path, KILL, "kill")
     root = tmp_path / "kill"
-    config = load_spec(spec).runs[0].config
+    config = plan_runs(load_spec(spec))[0].config
     final, n_envs = planned_steps(config), config.rollout.n_envs
     batch = n_envs * config.rollout.n_steps
     names = ["paper__CartPole-v1__s0", "baselines__CartPole-v1__s0"]
@@ -401,7 +404,7 @@ def test_killed_sweep_resumes_without_lost_or_duplicated_rows(tmp_path, capsys):
         parent.wait()
     # The orphaned workers notice and stop (releasing their locks), leaving resumable runs.
     deadline = time.monotonic() + 20
-    while any(sweep.lock_holder(root / n) is not None for n in names):
+    while any(store.lock_holder(root / n) is not None for n in names):
         assert time.monotonic() < deadline, "orphaned workers kept running"
         time.sleep(0.1)
     before = {}
@@ -461,12 +464,12 @@ def test_ray_backend_runs_the_tiny_sweep(tmp_path, capsys, monkeypatch):
     for entry in index["runs"]:
         status = store.read_json(tmp_path / "tiny" / entry["name"] / "status.json")
         assert (status["state"], status["steps"]) == ("done", entry["steps"])
-        assert entry["steps"] == planned_steps(load_spec(spec).runs[0].config)
+        assert entry["steps"] == planned_steps(plan_runs(load_spec(spec))[0].config)
 
 
 def test_worker_killed_before_reporting_is_recorded_failed(tmp_path):
     spec = load_spec(write_spec(tmp_path, BASE + 'variants = ["paper"]\nsteps = 1000\n'))
-    run = spec.runs[0]
+    run = plan_runs(spec)[0]
     entry = sweep.inspect_run(run, tmp_path / "out" / run.name, retry_failed=False)
     backend = sweep.LocalBackend(workers=1, threads=1)
     backend.start(sweep.Task(run.name, str(entry.run_dir), run.config, {}, 1, False, "s"))
@@ -483,7 +486,7 @@ def test_worker_killed_before_reporting_is_recorded_failed(tmp_path):
             "worker process killed by SIGKILL (out of memory?) before it reported a result",
         )
     ]
-    index = sweep.Sweep(spec, tmp_path / "out", [entry], parse(spec))
+    index = sweep.Sweep(spec, tmp_path / "out", [entry], sweep.SweepOptions())
     index._settle_died(entry, events[0][2])
     status = store.read_json(entry.run_dir / "status.json")
     assert status["state"] == entry.state == "failed" and "SIGKILL" in status["error"]
@@ -492,16 +495,16 @@ def test_worker_killed_before_reporting_is_recorded_failed(tmp_path):
 
 def test_missing_fidelity_module_is_recorded_not_fatal(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "kfac_bench.fidelity", None)
-    assert sweep._run_fidelity(tmp_path) == {"state": "failed", "error": sweep._FIDELITY_MISSING}
+    assert sweep.run_fidelity(tmp_path) == {"state": "failed", "error": sweep.FIDELITY_MISSING}
     spec = load_spec(
         write_spec(tmp_path, BASE + 'variants = ["paper"]\ncontrols = ["a2c"]\nfidelity = true\n')
     )
-    entries = [sweep.inspect_run(r, tmp_path / r.name, retry_failed=False) for r in spec.runs]
-    sweep._plan_fidelity(entries)
+    entries = [sweep.inspect_run(r, tmp_path / r.name, retry_failed=False) for r in plan_runs(spec)]
+    sweep.plan_fidelity(entries)
     by_label = {e.run.label: e for e in entries}
-    assert by_label["paper"].fidelity == {"state": "failed", "error": sweep._FIDELITY_MISSING}
+    assert by_label["paper"].fidelity == {"state": "failed", "error": sweep.FIDELITY_MISSING}
     assert by_label["a2c"].fidelity is None and all(e.todo for e in entries)
-    assert "module missing" in sweep._FIDELITY_MISSING
+    assert "module missing" in sweep.FIDELITY_MISSING
 
 
 def test_ctrl_c_stops_workers_and_leaves_resumable_runs(tmp_path, capsys):
@@ -529,5 +532,5 @@ def test_ctrl_c_stops_workers_and_leaves_resumable_runs(tmp_path, capsys):
     assert status["state"] == "running" and 0 < status["steps"] < 500_000
     assert store.read_json(tmp_path / "sigint" / "sweep.json")["runs"][0]["state"] == "running"
     assert "stopped (KeyboardInterrupt)" in (run_dir / "train.log").read_text()
-    assert sweep.lock_holder(run_dir) is None  # the worker is gone
+    assert store.lock_holder(run_dir) is None  # the worker is gone
     assert "again to resume" in capsys.readouterr().err

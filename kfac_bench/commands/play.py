@@ -8,6 +8,9 @@ and samples actions from the policy (``--greedy`` takes the arg-max instead).
 from __future__ import annotations
 
 import argparse
+import errno
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"no checkpoint.pt in {args.run_dir}")
     if args.episodes < 1:
         raise ValueError("--episodes must be at least 1")
+    if args.gif is not None:
+        check_writable(args.gif)  # before anything is played
     state = store.load_checkpoint(checkpoint_path)
     try:
         config = from_dict(state["config"])
@@ -88,6 +93,31 @@ def run(args: argparse.Namespace) -> int:
         write_gif(frames, args.gif, args.fps)
         print(f"wrote {args.gif} ({len(frames)} frames)")
     return 0
+
+
+def check_writable(path: Path) -> None:
+    """Raise the OSError that writing ``path`` would meet, before any work is done.
+
+    Refused: an existing directory, a parent that is a file, a directory that takes no new file
+    (read-only, no permission). Missing parents are fine (the write creates them). The error
+    names ``path`` and ``write``, so the command line prints ``cannot write <path>: <reason>``.
+    Creates nothing: the probe file is removed at once."""
+    from kfac_bench.store import naming
+
+    path = Path(path)
+    if path.is_dir():
+        raise naming(IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR)), path, "write")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise naming(NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR)), path, "write")
+    try:
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:
+        raise naming(error, path, "write") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def write_gif(frames: list[np.ndarray], path: Path, fps: int) -> None:

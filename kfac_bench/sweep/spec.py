@@ -1,4 +1,7 @@
-"""Sweep specs: parse and validate ``runs/<name>.toml`` into the list of runs it describes.
+"""Sweep specs: read and validate ``runs/<name>.toml`` (the file format; lowest sweep layer).
+
+:func:`load_spec` gives a :class:`SweepSpec` whose every field is checked; expanding it into
+runs with resolved configs is :func:`kfac_bench.sweep.plan.plan_runs`.
 
 Format (TOML, read with :mod:`tomllib`)::
 
@@ -19,8 +22,9 @@ Format (TOML, read with :mod:`tomllib`)::
     [thresholds]                       # optional reward thresholds, copied to sweep.json
     "MinAtar/Breakout-v1" = 10.0
 
-Runs are ``envs × (variants × grid + controls × non-K-FAC grid) × seeds``. Every run is named
-``store.run_name(label, env, seed, axes)``, e.g. ``paper__CartPole-v1__s0__damping_mode-eigen``.
+Runs are ``envs × (variants × grid + controls × non-K-FAC grid) × seeds``, each named
+``store.run_name(label, env, seed, axes)``, e.g. ``paper__CartPole-v1__s0__damping_mode-eigen``;
+how each run's config is layered is in :mod:`kfac_bench.sweep.plan`.
 
 Rules:
 
@@ -29,13 +33,6 @@ Rules:
   ``env``, ``variant``, ``seed`` and ``preset`` come from the spec's own fields and cannot be
   set there; the budget is ``steps`` / ``[steps_per_env]`` (``total_steps`` may be a grid axis).
   A key cannot be both in ``[set]`` and in ``[grid]``.
-* A variant run's config is ``build_config(env, variant, seed, preset, steps, [set] + axes)``:
-  family base, then the preset, then ``[set]``, then its grid axes.
-* A control run (``controls``, e.g. ``"a2c"``) is layered as family base, then the spec's preset
-  (or the family default), then ``[set]``, then the control preset (whose own keys, the
-  ``optim.*`` of RMSprop, win over ``[set]``), then the grid axes whose key does **not** start
-  with ``kfac.`` — K-FAC axes mean nothing to a first-order optimiser, so controls are not
-  multiplied by them. Its label is ``a2c``; its ``variant`` is recorded as ``"paper"`` (unused).
 * Everything is checked before anything runs, and every problem is reported (one line each):
   bad TOML (line and column), unknown top-level keys, unknown variants / control presets /
   environment ids / presets / config keys (with the valid choices or close matches), wrong
@@ -46,22 +43,19 @@ Rules:
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import hashlib
-import itertools
 import json
 import math
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kfac_bench import config as config_mod
-from kfac_bench.config import ConfigError, RunConfig
-from kfac_bench.presets import FAMILY_DEFAULT_PRESET, PRESETS, build_config
-from kfac_bench.rl.envs import env_family
+from kfac_bench.config import ConfigError
+from kfac_bench.presets import PRESETS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -83,13 +77,7 @@ TOP_LEVEL_KEYS = (
     "thresholds",
 )
 # Config keys the spec's own fields decide; [set]/[grid] may not name them.
-SPEC_OWNED_KEYS = {
-    "env": "envs",
-    "variant": "variants",
-    "seed": "seeds",
-    "preset": "preset",
-}
-CONTROL_VARIANT = "paper"  # recorded in a control run's config; a first-order run ignores it
+SPEC_OWNED_KEYS = {"env": "envs", "variant": "variants", "seed": "seeds", "preset": "preset"}
 MAX_RUNS = 10_000  # a larger spec is refused before it is expanded
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -104,26 +92,8 @@ class SpecError(ValueError):
 
 
 @dataclass(frozen=True)
-class PlannedRun:
-    """One run of a sweep: its name, identity and fully resolved config."""
-
-    name: str
-    label: str
-    variant: str
-    env: str
-    seed: int
-    axes: dict[str, Any]
-    config: RunConfig
-    control: str | None = None  # the control preset's name, None for a variant run
-
-    @property
-    def preset(self) -> str:
-        return self.config.preset
-
-
-@dataclass
 class SweepSpec:
-    """A validated spec and its runs (in spec order: env, label, axes, seed)."""
+    """A validated spec: every field checked, nothing expanded yet."""
 
     path: Path
     name: str
@@ -140,7 +110,6 @@ class SweepSpec:
     grid: dict[str, list[Any]]
     thresholds: dict[str, float]
     fidelity: bool
-    runs: list[PlannedRun] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,8 +206,132 @@ def _env_table(
     return out
 
 
-def _control_algo(preset_name: str) -> str:
+def control_algo(preset_name: str) -> str:
+    """The optimiser a preset trains with (``acktr`` unless it is a first-order control)."""
     return str(PRESETS[preset_name].values.get("optim.algo", "acktr"))
+
+
+# ---------------------------------------------------------------------------------------------
+# the sections of a spec, each checked on its own (problems appended, never raised)
+
+
+def _labels(raw: dict, problems: list[str]) -> tuple[list[str], list[str]]:
+    """``variants`` and ``controls``: registered variants, first-order control presets."""
+    import variants as variant_registry
+
+    variant_names = variant_registry.names()
+    variants = _str_list(raw, "variants", problems, required=False) or []
+    controls = _str_list(raw, "controls", problems, required=False) or []
+    if "variants" not in raw and "controls" not in raw:
+        problems.append("no runs: give `variants` and/or `controls`")
+    for v in variants:
+        if v not in variant_names:
+            problems.append(
+                f"unknown variant {v!r}{_close(v, variant_names)}; "
+                f"valid variants: {', '.join(variant_names)}"
+            )
+    valid_controls = [p for p in PRESETS if control_algo(p) != "acktr"]
+    for c in controls:
+        if c not in PRESETS:
+            problems.append(
+                f"unknown control preset {c!r}{_close(c, list(PRESETS))}; "
+                f"valid controls: {', '.join(valid_controls)}"
+            )
+        elif c not in valid_controls:
+            problems.append(
+                f"`controls`: preset {c!r} is not a first-order control (it trains with "
+                f"optim.algo {control_algo(c)!r}); valid controls: {', '.join(valid_controls)}"
+            )
+    return variants, controls
+
+
+def _envs(raw: dict, problems: list[str]) -> list[str] | None:
+    from kfac_bench.rl.envs import EnvError, check_env_id
+
+    envs = _str_list(raw, "envs", problems, required=True)
+    for env in envs or []:
+        try:
+            check_env_id(env)
+        except EnvError as error:
+            problems.append(str(error).splitlines()[0])
+    return envs
+
+
+def _seeds(raw: dict, problems: list[str]) -> list[int]:
+    raw_seeds = raw.get("seeds")
+    if raw_seeds is None:
+        problems.append("`seeds` is missing (a list of ints, or an int n meaning 0..n-1)")
+    elif _is_int(raw_seeds):
+        if raw_seeds < 1:
+            problems.append(f"`seeds` = {raw_seeds}: an int n means seeds 0..n-1, so n >= 1")
+        elif raw_seeds > MAX_RUNS:
+            problems.append(
+                f"`seeds` = {raw_seeds}: more than a sweep may hold (at most {MAX_RUNS:,} runs)"
+            )
+        else:
+            return list(range(raw_seeds))
+    elif isinstance(raw_seeds, list) and all(_is_int(s) and s >= 0 for s in raw_seeds):
+        if raw_seeds:
+            return _unique(raw_seeds, "`seeds`", problems)
+        problems.append("`seeds` is empty; list at least one seed")
+    else:
+        problems.append(
+            f"`seeds` must be a list of non-negative ints or an int n, got {raw_seeds!r}"
+        )
+    return []
+
+
+def _preset(raw: dict, problems: list[str]) -> str | None:
+    preset = raw.get("preset")
+    if preset is None:
+        return None
+    if not isinstance(preset, str) or preset not in PRESETS:
+        problems.append(
+            f"unknown preset {preset!r}{_close(str(preset), list(PRESETS))}; "
+            f"valid presets: {', '.join(PRESETS)}"
+        )
+        return None
+    if control_algo(preset) != "acktr":
+        problems.append(f"`preset` = {preset!r} is a first-order control; list it under `controls`")
+        return None
+    return preset
+
+
+def _overrides_and_grid(raw: dict, problems: list[str]) -> tuple[dict, dict[str, list[Any]]]:
+    """``[set]`` (key -> value) and ``[grid]`` (key -> distinct values), each value type-checked
+    against its config field."""
+    overrides: dict[str, Any] = {}
+    raw_set = raw.get("set", {})
+    if not isinstance(raw_set, dict):
+        problems.append(f"[set] must be a table of dotted config keys, got {raw_set!r}")
+        raw_set = {}
+    flat_set = config_mod.flatten(raw_set)
+    for key, value in flat_set.items():
+        tp = _check_config_key("set", key, problems)
+        if tp is not None and _check_value("set", key, value, tp, problems):
+            overrides[key] = value
+
+    grid: dict[str, list[Any]] = {}
+    raw_grid = raw.get("grid", {})
+    if not isinstance(raw_grid, dict):
+        problems.append(f"[grid] must be a table of dotted config keys = lists, got {raw_grid!r}")
+        raw_grid = {}
+    for key, values in config_mod.flatten(raw_grid).items():
+        tp = _check_config_key("grid", key, problems)
+        if tp is None:
+            continue
+        if key in overrides or key in flat_set:
+            problems.append(f"[grid] {key!r} is also in [set]; keep it in one of them")
+        elif not isinstance(values, list):
+            problems.append(f"[grid] {key!r} must be a list of values, got {values!r}")
+        elif not values:
+            problems.append(f"[grid] {key!r} is an empty axis; list at least one value")
+        else:
+            ok = all([_check_value("grid", key, v, tp, problems) for v in values])
+            unique = _unique(values, f"[grid] {key!r}", problems)
+            if ok:
+                grid[key] = unique
+    return overrides, grid
 
 
 # ---------------------------------------------------------------------------------------------
@@ -265,16 +358,13 @@ def spec_hash(raw: dict[str, Any]) -> str:
 
 
 def load_spec(path: str | Path) -> SweepSpec:
-    """Read, validate and expand a spec. Raises SpecError listing every problem found."""
+    """Read and validate a spec. Raises SpecError listing every problem found."""
     path = Path(path)
-    raw = read_toml(path)
-    return parse_spec(raw, path)
+    return parse_spec(read_toml(path), path)
 
 
 def parse_spec(raw: dict[str, Any], path: Path) -> SweepSpec:
-    import variants as variant_registry
-    from kfac_bench.rl.envs import EnvError, check_env_id
-
+    """Check every section of a parsed spec; SpecError with one line per problem."""
     problems: list[str] = []
     for key in raw:
         if key not in TOP_LEVEL_KEYS:
@@ -282,83 +372,15 @@ def parse_spec(raw: dict[str, Any], path: Path) -> SweepSpec:
                 f"unknown key {key!r}{_close(key, TOP_LEVEL_KEYS)}; "
                 f"valid keys: {', '.join(TOP_LEVEL_KEYS)}"
             )
-
     name = raw.get("name", path.stem)
     if not isinstance(name, str) or not _NAME.match(name):
         problems.append(
             f"`name` must be a directory name (letters, digits, '.', '_', '-'), got {name!r}"
         )
-
-    # --- labels ---------------------------------------------------------------------------
-    variant_names = variant_registry.names()
-    variants = _str_list(raw, "variants", problems, required=False)
-    controls = _str_list(raw, "controls", problems, required=False)
-    if "variants" not in raw and "controls" not in raw:
-        problems.append("no runs: give `variants` and/or `controls`")
-    for v in variants or []:
-        if v not in variant_names:
-            problems.append(
-                f"unknown variant {v!r}{_close(v, variant_names)}; "
-                f"valid variants: {', '.join(variant_names)}"
-            )
-    valid_controls = [p for p in PRESETS if _control_algo(p) != "acktr"]
-    for c in controls or []:
-        if c not in PRESETS:
-            problems.append(
-                f"unknown control preset {c!r}{_close(c, list(PRESETS))}; "
-                f"valid controls: {', '.join(valid_controls)}"
-            )
-        elif c not in valid_controls:
-            problems.append(
-                f"`controls`: preset {c!r} is not a first-order control (it trains with "
-                f"optim.algo {_control_algo(c)!r}); valid controls: {', '.join(valid_controls)}"
-            )
-
-    # --- envs and seeds -------------------------------------------------------------------
-    envs = _str_list(raw, "envs", problems, required=True)
-    for env in envs or []:
-        try:
-            check_env_id(env)
-        except EnvError as error:
-            problems.append(str(error).splitlines()[0])
-
-    seeds: list[int] | None = None
-    raw_seeds = raw.get("seeds")
-    if raw_seeds is None:
-        problems.append("`seeds` is missing (a list of ints, or an int n meaning 0..n-1)")
-    elif _is_int(raw_seeds):
-        if raw_seeds < 1:
-            problems.append(f"`seeds` = {raw_seeds}: an int n means seeds 0..n-1, so n >= 1")
-        elif raw_seeds > MAX_RUNS:
-            problems.append(
-                f"`seeds` = {raw_seeds}: more than a sweep may hold (at most {MAX_RUNS:,} runs)"
-            )
-        else:
-            seeds = list(range(raw_seeds))
-    elif isinstance(raw_seeds, list) and all(_is_int(s) and s >= 0 for s in raw_seeds):
-        if not raw_seeds:
-            problems.append("`seeds` is empty; list at least one seed")
-        else:
-            seeds = _unique(raw_seeds, "`seeds`", problems)
-    else:
-        problems.append(
-            f"`seeds` must be a list of non-negative ints or an int n, got {raw_seeds!r}"
-        )
-
-    # --- preset, budget, flags ------------------------------------------------------------
-    preset = raw.get("preset")
-    if preset is not None:
-        if not isinstance(preset, str) or preset not in PRESETS:
-            problems.append(
-                f"unknown preset {preset!r}{_close(str(preset), list(PRESETS))}; "
-                f"valid presets: {', '.join(PRESETS)}"
-            )
-            preset = None
-        elif _control_algo(preset) != "acktr":
-            problems.append(
-                f"`preset` = {preset!r} is a first-order control; list it under `controls`"
-            )
-            preset = None
+    variants, controls = _labels(raw, problems)
+    envs = _envs(raw, problems)
+    seeds = _seeds(raw, problems)
+    preset = _preset(raw, problems)
     steps = raw.get("steps")
     if steps is not None and (not _is_int(steps) or steps <= 0):
         problems.append(f"`steps` must be a positive integer, got {steps!r}")
@@ -369,44 +391,9 @@ def parse_spec(raw: dict[str, Any], path: Path) -> SweepSpec:
         fidelity = False
     steps_per_env = _env_table(raw, "steps_per_env", envs, problems, kind="steps")
     thresholds = _env_table(raw, "thresholds", envs, problems, kind="threshold")
-
-    # --- [set] and [grid] -----------------------------------------------------------------
-    overrides: dict[str, Any] = {}
-    raw_set = raw.get("set", {})
-    if not isinstance(raw_set, dict):
-        problems.append(f"[set] must be a table of dotted config keys, got {raw_set!r}")
-        raw_set = {}
-    flat_set = config_mod.flatten(raw_set)
-    for key, value in flat_set.items():
-        tp = _check_config_key("set", key, problems)
-        if tp is not None and _check_value("set", key, value, tp, problems):
-            overrides[key] = value
-
-    grid: dict[str, list[Any]] = {}
-    raw_grid = raw.get("grid", {})
-    if not isinstance(raw_grid, dict):
-        problems.append(f"[grid] must be a table of dotted config keys = lists, got {raw_grid!r}")
-        raw_grid = {}
-    for key, values in config_mod.flatten(raw_grid).items():
-        tp = _check_config_key("grid", key, problems)
-        if tp is None:
-            continue
-        if key in overrides or key in flat_set:
-            problems.append(f"[grid] {key!r} is also in [set]; keep it in one of them")
-            continue
-        if not isinstance(values, list):
-            problems.append(f"[grid] {key!r} must be a list of values, got {values!r}")
-            continue
-        if not values:
-            problems.append(f"[grid] {key!r} is an empty axis; list at least one value")
-            continue
-        ok = all([_check_value("grid", key, v, tp, problems) for v in values])
-        unique = _unique(values, f"[grid] {key!r}", problems)
-        if ok:
-            grid[key] = unique
-
+    overrides, grid = _overrides_and_grid(raw, problems)
     if not problems:
-        count = _run_count(envs or [], variants or [], controls or [], seeds or [], grid)
+        count = run_count(envs or [], variants, controls, seeds, grid)
         if count > MAX_RUNS:
             problems.append(
                 f"the spec describes {count:,} runs; a sweep holds at most {MAX_RUNS:,} "
@@ -414,16 +401,15 @@ def parse_spec(raw: dict[str, Any], path: Path) -> SweepSpec:
             )
     if problems:
         raise SpecError(path, problems)
-
-    spec = SweepSpec(
+    return SweepSpec(
         path=path,
         name=str(name),
         raw=raw,
         spec_hash=spec_hash(raw),
-        variants=variants or [],
-        controls=controls or [],
+        variants=variants,
+        controls=controls,
         envs=envs or [],
-        seeds=seeds or [],
+        seeds=seeds,
         preset=preset,
         steps=steps,
         steps_per_env=steps_per_env,
@@ -432,15 +418,9 @@ def parse_spec(raw: dict[str, Any], path: Path) -> SweepSpec:
         thresholds=thresholds,
         fidelity=fidelity,
     )
-    spec.runs = plan_runs(spec)
-    return spec
 
 
-# ---------------------------------------------------------------------------------------------
-# expand
-
-
-def _run_count(
+def run_count(
     envs: list[str],
     variants: list[str],
     controls: list[str],
@@ -451,81 +431,3 @@ def _run_count(
     full = math.prod(len(v) for v in grid.values())
     control = math.prod(len(v) for k, v in grid.items() if not k.startswith("kfac."))
     return len(envs) * (len(variants) * full + len(controls) * control) * len(seeds)
-
-
-def _combos(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
-    keys = list(grid)
-    return [dict(zip(keys, values)) for values in itertools.product(*grid.values())]
-
-
-def plan_runs(spec: SweepSpec) -> list[PlannedRun]:
-    """Every run's config via ``build_config``; problems are collected into one SpecError."""
-    from kfac_bench.store import run_name
-
-    problems: list[str] = []
-    runs: list[PlannedRun] = []
-    control_grid = {k: v for k, v in spec.grid.items() if not k.startswith("kfac.")}
-    for env in spec.envs:
-        budget = spec.steps_per_env.get(env, spec.steps)
-        base_preset = spec.preset or FAMILY_DEFAULT_PRESET[env_family(env)]
-        jobs: list[tuple[str | None, str, dict[str, Any]]] = []
-        for variant in spec.variants:
-            jobs += [(None, variant, axes) for axes in _combos(spec.grid)]
-        for control in spec.controls:
-            jobs += [(control, CONTROL_VARIANT, axes) for axes in _combos(control_grid)]
-        for control, variant, axes in jobs:
-            if control is None:
-                preset = spec.preset
-                overrides = {**spec.overrides, **axes}
-            else:
-                preset = control
-                family = env_family(env)
-                overrides = {
-                    **PRESETS[base_preset].values_for(env, family),
-                    **spec.overrides,
-                    **PRESETS[control].values_for(env, family),
-                    **axes,
-                }
-            try:
-                # Built once per (env, label, axes); the seed is a plain field of RunConfig.
-                base = build_config(
-                    env,
-                    variant=variant,
-                    seed=spec.seeds[0],
-                    preset=preset,
-                    total_steps=budget,
-                    overrides=overrides,
-                )
-            except (ConfigError, ValueError) as error:
-                message = f"{env} / {control or variant}: {str(error).splitlines()[0]}"
-                if message not in problems:
-                    problems.append(message)
-                continue
-            for seed in spec.seeds:
-                try:  # every seed, not only the first, is checked against its domain
-                    config = config_mod.check_domains(dataclasses.replace(base, seed=seed))
-                except ConfigError as error:
-                    if str(error) not in problems:
-                        problems.append(str(error))
-                    continue
-                name = run_name(config.label, env, seed, axes)
-                runs.append(
-                    PlannedRun(name, config.label, variant, env, seed, dict(axes), config, control)
-                )
-    seen: dict[str, PlannedRun] = {}
-    for run in runs:
-        if run.name in seen:
-            problems.append(
-                f"duplicate run {run.name!r} (two runs resolve to the same name; "
-                "check grid values that differ only in punctuation)"
-            )
-        seen[run.name] = run
-    if problems:
-        raise SpecError(spec.path, problems)
-    return runs
-
-
-def planned_steps(config: RunConfig) -> int:
-    """The steps a run actually ends at: the budget rounded up to whole batches."""
-    batch = config.rollout.n_envs * config.rollout.n_steps
-    return -(-config.total_steps // batch) * batch
