@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CLI = ROOT / ".venv" / "bin" / "kfac-bench"
 EXPAND = ("paper", "baselines", "kfac-pytorch", "ikostrikov")
 F64 = KfacConfig(dtype="float64")
+SAMPLED = ("sampled-fisher",)  # K-FAC's own batch Fisher: the factorisation is the only difference
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -164,7 +165,8 @@ def test_measure_is_the_same_without_the_stored_jacobian():
     stored = measure(problem, g, F64, settings)
     functional = measure(problem, g, F64, dataclasses.replace(settings, max_jacobian_mb=0))
     for a, b in zip(stored, functional):
-        assert (a["variant"], a["damping_mode"], a["layer"]) == (
+        assert (a["reference"], a["variant"], a["damping_mode"], a["layer"]) == (
+            b["reference"],
             b["variant"],
             b["damping_mode"],
             b["layer"],
@@ -189,7 +191,8 @@ def test_single_linear_batch1_block_error_is_zero(name):
     policy = OneLinear(5, 4, bias=name != "ikostrikov").double()
     problem = problem_for(policy, torch.randn(1, 5, dtype=torch.float64), 3, include_value=False)
     g = gradient_like(problem, 3)
-    rows = measure(problem, g, F64, Settings(variants=(name,), damping_modes=("eigen",)))
+    settings = Settings(variants=(name,), damping_modes=("eigen",), references=SAMPLED)
+    rows = measure(problem, g, F64, settings)
     assert _layer_error(rows) < 1e-12
     assert _layer_error(rows, "network") < 1e-12
 
@@ -205,7 +208,7 @@ def test_ikostrikov_with_bias_drops_exactly_the_weight_bias_cross_blocks():
         problem,
         gradient_like(problem, 4),
         F64,
-        Settings(variants=("paper", "ikostrikov"), damping_modes=("eigen",)),
+        Settings(variants=("paper", "ikostrikov"), damping_modes=("eigen",), references=SAMPLED),
     )
     a2 = float(x.pow(2).sum())
     errors = {r["variant"]: r["block_rel_error"] for r in rows if r["layer"] == "fc"}
@@ -268,7 +271,9 @@ def test_paper_and_baselines_split_invariance_signature():
     assert same == pytest.approx(1.0, abs=1e-12)
     assert differ < 1 - 1e-3  # a clear margin below 1 − 1e-6
 
-    settings = Settings(variants=("paper", "baselines"), eigen_clip=0.0, reference=False)
+    settings = Settings(
+        variants=("paper", "baselines"), eigen_clip=0.0, reference=False, references=SAMPLED
+    )
     rows = measure(problem, g, F64, settings)
     cos = {(r["variant"], r["damping_mode"], r["layer"]): r["cosine"] for r in rows}
     for layer in ("trunk.0", "network"):
@@ -302,7 +307,8 @@ def _check_outputs(out: Path, env: str, batch: int) -> list[dict[str, str]]:
     cosines = [float(r["cosine"]) for r in rows]
     assert all(-1.0 <= c <= 1.0 for c in cosines)
     networks = [r for r in measured if r["layer"] == "network"]
-    assert len(networks) == 5 * 3
+    assert len(networks) == 5 * 3 * 2  # variants × damping modes × references
+    assert {r["reference"] for r in rows} == {"true-fisher", "sampled-fisher"}
     return rows
 
 

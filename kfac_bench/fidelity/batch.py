@@ -107,51 +107,71 @@ def _categorical(logits: torch.Tensor, generator: torch.Generator) -> torch.Tens
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
-@torch.no_grad()
+class Rollouts:
+    """Consecutive B-transition rollouts of ``policy`` in ``env`` from ``reset(seed)``.
+
+    One seeded ``torch.Generator`` draws the actions step by step and, after each rollout, that
+    rollout's noise ε; the env runs on between calls, so call k continues where call k − 1 ended.
+    The first call is :func:`collect`.
+    """
+
+    def __init__(self, policy: ActorCritic, env: VecEnv, config: RunConfig, seed: int) -> None:
+        self.policy, self.env, self.config = policy, env, config
+        self.device = next(policy.parameters()).device
+        self.generator = torch.Generator().manual_seed(seed)
+        self.obs = torch.as_tensor(env.reset(seed=seed), device=self.device)
+
+    @torch.no_grad()
+    def next(self, batch: int) -> Rollout:
+        """Roll ⌈batch / N⌉ steps (N envs) and keep the first ``batch`` transitions."""
+        policy, env, device, generator = self.policy, self.env, self.device, self.generator
+        n = env.num_envs
+        steps = math.ceil(batch / n)
+        obs = self.obs
+        shape = (steps, n)
+        all_obs = torch.zeros((*shape, *env.obs_shape), dtype=obs.dtype, device=device)
+        actions = torch.zeros(shape, dtype=torch.long)
+        values = torch.zeros(shape, dtype=torch.float64)
+        rewards = torch.zeros(shape, dtype=torch.float64)
+        terminated = torch.zeros(shape, dtype=torch.bool)
+        truncated = torch.zeros(shape, dtype=torch.bool)
+        final_values = torch.zeros(shape, dtype=torch.float64)
+        for t in range(steps):
+            logits, value = policy(obs)
+            action = _categorical(logits, generator)
+            step = env.step(action.numpy())
+            all_obs[t], actions[t], values[t] = obs, action, value.cpu()
+            rewards[t] = torch.as_tensor(step.reward, dtype=torch.float64)
+            terminated[t] = torch.as_tensor(step.terminated)
+            truncated[t] = torch.as_tensor(step.truncated)
+            cut = np.flatnonzero(step.truncated & ~step.terminated)
+            if cut.size:
+                final = torch.as_tensor(step.final_obs[cut], device=device)
+                final_values[t, torch.as_tensor(cut)] = policy(final)[1].cpu()
+            obs = torch.as_tensor(step.obs, device=device)
+        self.obs = obs
+        last_value = policy(obs)[1].cpu()
+        r = self.config.rollout
+        args = (terminated, truncated, final_values, last_value, r.gamma)
+        if r.gae_lambda is None:
+            returns = nstep_returns(rewards, *args)
+            advantages = returns - values
+        else:
+            advantages, returns = gae_advantages(rewards, values, *args, lam=r.gae_lambda)
+        noise = torch.randn(batch, generator=generator, dtype=torch.float64)
+        return Rollout(
+            obs=all_obs.reshape(-1, *env.obs_shape)[:batch],
+            actions=actions.reshape(-1)[:batch].to(device),
+            advantages=advantages.reshape(-1)[:batch].to(device),
+            returns=returns.reshape(-1)[:batch].to(device),
+            noise=noise.to(device),
+        )
+
+
 def collect(policy: ActorCritic, env: VecEnv, config: RunConfig, batch: int, seed: int) -> Rollout:
-    """Roll ``policy`` for ⌈batch / N⌉ steps of ``env`` (N envs) and keep the first ``batch``."""
-    device = next(policy.parameters()).device
-    n = env.num_envs
-    steps = math.ceil(batch / n)
-    generator = torch.Generator().manual_seed(seed)
-    obs = torch.as_tensor(env.reset(seed=seed), device=device)
-    shape = (steps, n)
-    all_obs = torch.zeros((*shape, *env.obs_shape), dtype=obs.dtype, device=device)
-    actions = torch.zeros(shape, dtype=torch.long)
-    values = torch.zeros(shape, dtype=torch.float64)
-    rewards = torch.zeros(shape, dtype=torch.float64)
-    terminated = torch.zeros(shape, dtype=torch.bool)
-    truncated = torch.zeros(shape, dtype=torch.bool)
-    final_values = torch.zeros(shape, dtype=torch.float64)
-    for t in range(steps):
-        logits, value = policy(obs)
-        action = _categorical(logits, generator)
-        step = env.step(action.numpy())
-        all_obs[t], actions[t], values[t] = obs, action, value.cpu()
-        rewards[t] = torch.as_tensor(step.reward, dtype=torch.float64)
-        terminated[t] = torch.as_tensor(step.terminated)
-        truncated[t] = torch.as_tensor(step.truncated)
-        cut = np.flatnonzero(step.truncated & ~step.terminated)
-        if cut.size:
-            final = torch.as_tensor(step.final_obs[cut], device=device)
-            final_values[t, torch.as_tensor(cut)] = policy(final)[1].cpu()
-        obs = torch.as_tensor(step.obs, device=device)
-    last_value = policy(obs)[1].cpu()
-    r = config.rollout
-    args = (terminated, truncated, final_values, last_value, r.gamma)
-    if r.gae_lambda is None:
-        returns = nstep_returns(rewards, *args)
-        advantages = returns - values
-    else:
-        advantages, returns = gae_advantages(rewards, values, *args, lam=r.gae_lambda)
-    noise = torch.randn(batch, generator=generator, dtype=torch.float64)
-    return Rollout(
-        obs=all_obs.reshape(-1, *env.obs_shape)[:batch],
-        actions=actions.reshape(-1)[:batch].to(device),
-        advantages=advantages.reshape(-1)[:batch].to(device),
-        returns=returns.reshape(-1)[:batch].to(device),
-        noise=noise.to(device),
-    )
+    """Roll ``policy`` for ⌈batch / N⌉ steps of ``env`` (N envs) from ``reset(seed)``; keep the
+    first ``batch``."""
+    return Rollouts(policy, env, config, seed).next(batch)
 
 
 def training_loss(policy: nn.Module, rollout: Rollout, config: RunConfig) -> torch.Tensor:
@@ -187,6 +207,7 @@ def fisher_problem(policy: nn.Module, rollout: Rollout, config: RunConfig) -> Fi
 
 __all__ = [
     "Rollout",
+    "Rollouts",
     "Source",
     "build_measured_policy",
     "checkpoint_path",

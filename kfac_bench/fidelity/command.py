@@ -1,8 +1,13 @@
-"""``kfac-bench fidelity`` and :func:`run_for_run_dir` (the sweep runner's entry point)."""
+"""One fidelity measurement (:func:`fidelity`) and :func:`run_for_run_dir` (the sweep runner's
+entry point). The command line (flags, ``run``) is ``arguments.py``.
+
+Order of work: every value is checked against its domain (:func:`validate`: one line naming the
+flag, the value and the allowed range), the policy source is loaded, the output directory is
+checked for writability — all before the (minutes-long) measurement; the CSV and figures are then
+written all or none (``output.write_outputs``)."""
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import time
 from collections.abc import Callable, Iterator
@@ -13,16 +18,19 @@ from pathlib import Path
 import torch
 
 import variants
+from kfac_bench.config import MAX_SEED
+from kfac_bench.domains import AtLeast, Domain, NonNegative, Positive
 from kfac_bench.fidelity.batch import (
+    Rollouts,
     Source,
     build_measured_policy,
-    collect,
     fisher_problem,
     load_source,
     training_gradient,
 )
-from kfac_bench.fidelity.compare import DAMPING_MODES, Settings, measure
-from kfac_bench.fidelity.output import write_csv, write_figure
+from kfac_bench.fidelity.compare import DAMPING_MODES, REFERENCES, Settings, measure
+from kfac_bench.fidelity.output import check_writable, csv_bytes, figure_files, write_outputs
+from kfac_bench.fidelity.running import running_factor_set
 from kfac_bench.rl.envs import env_family, make_env
 from kfac_bench.rl.trainer import resolve_device
 from kfac_bench.store import env_slug
@@ -53,6 +61,43 @@ class Request:
     max_jacobian_mb: float = 4096.0
     reference: bool = True
     figure: bool = True
+    references: tuple[str, ...] = REFERENCES
+    running_updates: int = 0  # K > 0: also the running factors after K Fisher batches
+
+
+# Request field -> (flag, domain); None values mean "the default" and are not checked.
+DOMAINS: dict[str, tuple[str, Domain]] = {
+    "batch": ("--batch", AtLeast(1)),
+    "dampings": ("--damping", Positive()),
+    "eigen_clip": ("--eigen-clip", NonNegative()),
+    "budget_s": ("--budget", Positive()),
+    "seed": ("--seed", AtLeast(0, MAX_SEED)),
+    "probes": ("--probes", AtLeast(1)),
+    "cg_iters": ("--cg-iters", AtLeast(1)),
+    "max_jacobian_mb": ("--max-jacobian-mb", NonNegative()),
+    "running_updates": ("--running-updates", AtLeast(0)),
+}
+
+
+def validate(request: Request) -> None:
+    """Every value in its domain, every name known; ConfigError / ValueError (one line) else."""
+    for field, (flag, domain) in DOMAINS.items():
+        value = getattr(request, field)
+        for item in value if isinstance(value, tuple) else (value,):
+            if item is not None:
+                domain.check(flag, item)
+    for name in request.variants or ():
+        variants.get(name)  # unknown -> ValueError listing the valid ones
+    for mode in request.damping_modes:
+        if mode not in DAMPING_MODES:
+            raise ValueError(
+                f"unknown damping mode {mode!r}; choose from {', '.join(DAMPING_MODES)}"
+            )
+    for name in request.references:
+        if name not in REFERENCES:
+            raise ValueError(f"unknown reference {name!r}; choose from {', '.join(REFERENCES)}")
+    if not request.references:
+        raise ValueError(f"give at least one reference ({', '.join(REFERENCES)})")
 
 
 def default_out(request: Request, env_id: str) -> Path:
@@ -81,26 +126,23 @@ def fidelity(request: Request, log: Callable[[str], None] | None = None) -> Path
     """Measure, write ``fidelity.csv`` (+ ``fidelity.png``/``.svg``), return the CSV path.
 
     Runs with the config's ``torch_threads`` (as the trainer does; 1 for classic and MinAtar).
+    Raises ConfigError/ValueError (bad input) or OSError (cannot write) before measuring.
     """
+    validate(request)
     source = load_source(request.env, request.checkpoint, request.seed)
+    out = default_out(request, source.config.env)
+    check_writable(out, CSV_NAME)
     with _threads(source.config.torch_threads):
-        return _fidelity(request, source, log)
+        return _fidelity(request, source, out, log)
 
 
-def _fidelity(request: Request, source: Source, log: Callable[[str], None] | None) -> Path:
+def _fidelity(
+    request: Request, source: Source, out: Path, log: Callable[[str], None] | None
+) -> Path:
     say = log or (lambda message: None)
     start = time.monotonic()
-    for name in request.variants or ():
-        variants.get(name)  # unknown -> ValueError listing the valid ones
-    for mode in request.damping_modes:
-        if mode not in DAMPING_MODES:
-            raise ValueError(
-                f"unknown damping mode {mode!r}; choose from {', '.join(DAMPING_MODES)}"
-            )
     config = source.config
-    batch = request.batch or DEFAULT_BATCH[env_family(config.env)]
-    if batch < 1:
-        raise ValueError(f"--batch must be at least 1, got {batch}")
+    batch = DEFAULT_BATCH[env_family(config.env)] if request.batch is None else request.batch
     device = resolve_device(request.device or config.device)
     kfac = config.kfac
     if request.dampings is not None:
@@ -111,6 +153,7 @@ def _fidelity(request: Request, source: Source, log: Callable[[str], None] | Non
         damping_modes=tuple(request.damping_modes),
         dampings=tuple(request.dampings or (kfac.damping,)),
         eigen_clip=kfac.eigen_clip if request.eigen_clip is None else request.eigen_clip,
+        references=tuple(request.references),
         probes=request.probes,
         min_probes=min(8, request.probes),
         cg_max_iter=request.cg_iters,
@@ -121,16 +164,25 @@ def _fidelity(request: Request, source: Source, log: Callable[[str], None] | Non
     )
 
     env = make_env(config.env, min(config.rollout.n_envs, batch), training=True, atari=config.atari)
+    k = request.running_updates
     try:
         policy = build_measured_policy(source, env, request.seed, device)
         say(f"{config.env}: {source.label} policy ({policy.arch}), batch {batch}, device {device}")
-        rollout = collect(policy, env, config, batch, request.seed)
+        rollout = Rollouts(policy, env, config, request.seed).next(batch)
+        older = Rollouts(policy, env, config, request.seed + 1) if k > 1 else None
+        history = [fisher_problem(policy, older.next(batch), config) for _ in range(k - 1)]
     finally:
         env.close()
     problem = fisher_problem(policy, rollout, config)
     g = training_gradient(policy, problem.slots, rollout, config)
-    say(f"[{time.monotonic() - start:6.1f}s] collected {batch} observations")
-    rows = measure(problem, g, kfac, settings, log=say, started=start)
+    say(
+        f"[{time.monotonic() - start:6.1f}s] collected {batch} observations"
+        + (f" (+ {k - 1} older batches for the running factors)" if k > 1 else "")
+    )
+    extra = ()
+    if k > 0:
+        extra = (running_factor_set(settings.variants, [*history, problem], kfac),)
+    rows = measure(problem, g, kfac, settings, log=say, started=start, extra_factors=extra)
 
     context = {
         "env": config.env,
@@ -140,15 +192,13 @@ def _fidelity(request: Request, source: Source, log: Callable[[str], None] | Non
         "batch": batch,
     }
     rows = [{**context, **row} for row in rows]
-    out = default_out(request, config.env)
-    csv_path = out / CSV_NAME
-    write_csv(csv_path, rows)
-    written = [csv_path]
+    files = {CSV_NAME: csv_bytes(rows)}
     if request.figure:
         title = f"{config.env} — {source.label} (step {source.step}), batch {batch}"
-        written += write_figure(out / FIGURE_STEM, rows, title)
+        files.update(figure_files(FIGURE_STEM, rows, title))
+    written = write_outputs(out, files)
     say(f"wrote {', '.join(str(p) for p in written)} ({time.monotonic() - start:.1f}s total)")
-    return csv_path
+    return out / CSV_NAME
 
 
 def run_for_run_dir(
@@ -166,123 +216,3 @@ def run_for_run_dir(
     run_dir = Path(run_dir)
     request = Request(checkpoint=run_dir, batch=batch, budget_s=budget_s, out=run_dir)
     return fidelity(request, log=log)
-
-
-# ---------------------------------------------------------------------------------------------
-# CLI
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = (
-        "Compares each variant's K-FAC blocks and preconditioned gradient with the exact sampled\n"
-        "Fisher F = (1/B) Σ g_n g_nᵀ of the Fisher loss on one batch (same actions and noise).\n"
-        f"default batch: {', '.join(f'{k} {v}' for k, v in DEFAULT_BATCH.items())}.\n"
-        "example: kfac-bench fidelity --env MinAtar/Breakout-v1 --out runs/fidelity/breakout"
-    )
-    parser.add_argument("--env", default=None, help="Gymnasium id (default: the checkpoint's)")
-    parser.add_argument(
-        "--checkpoint",
-        type=Path,
-        default=None,
-        metavar="RUN_DIR",
-        help="a run directory (or its checkpoint.pt); default: the initial policy",
-    )
-    parser.add_argument(
-        "--batch", type=int, default=None, metavar="N", help="observations (default per env family)"
-    )
-    parser.add_argument(
-        "--variants",
-        nargs="+",
-        default=None,
-        metavar="NAME",
-        help="variants to compare (default: all registered)",
-    )
-    parser.add_argument(
-        "--damping-modes",
-        nargs="+",
-        default=list(DAMPING_MODES),
-        choices=DAMPING_MODES,
-        metavar="MODE",
-        help=f"damping modes (default: {' '.join(DAMPING_MODES)})",
-    )
-    parser.add_argument(
-        "--damping",
-        type=float,
-        nargs="+",
-        default=None,
-        metavar="λ",
-        help="λ values (default: the config's kfac.damping)",
-    )
-    parser.add_argument(
-        "--eigen-clip",
-        type=float,
-        default=None,
-        metavar="τ",
-        help="eigenvalue clip τ (default: the config's kfac.eigen_clip)",
-    )
-    parser.add_argument(
-        "--budget",
-        type=float,
-        default=60.0,
-        metavar="SECONDS",
-        help="time budget for the exact solves and probes (default 60)",
-    )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="output directory (default: the run dir, else runs/fidelity/<env>/)",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="env reset, actions, noise, probes")
-    parser.add_argument(
-        "--probes",
-        type=int,
-        default=64,
-        help="random probes for blocks too large to form (default 64)",
-    )
-    parser.add_argument(
-        "--cg-iters", type=int, default=None, help="CG iteration cap (default 2·batch + 50)"
-    )
-    parser.add_argument(
-        "--device",
-        choices=["auto", "cpu", "cuda"],
-        default="auto",
-        help="auto: cuda when available",
-    )
-    parser.add_argument(
-        "--max-jacobian-mb",
-        type=float,
-        default=4096.0,
-        help="store per-example gradients up to this size, else jvp/vjp products",
-    )
-    parser.add_argument(
-        "--no-reference", action="store_true", help="omit the exact-block-diagonal reference rows"
-    )
-    parser.add_argument("--no-figure", action="store_true", help="write the CSV only")
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.probes < 1:
-        raise ValueError(f"--probes must be at least 1, got {args.probes}")
-    request = Request(
-        env=args.env,
-        checkpoint=args.checkpoint,
-        batch=args.batch,
-        variants=tuple(args.variants) if args.variants else None,
-        damping_modes=tuple(args.damping_modes),
-        dampings=tuple(args.damping) if args.damping else None,
-        eigen_clip=args.eigen_clip,
-        budget_s=args.budget,
-        out=args.out,
-        seed=args.seed,
-        probes=args.probes,
-        cg_iters=args.cg_iters,
-        device=args.device,
-        max_jacobian_mb=args.max_jacobian_mb,
-        reference=not args.no_reference,
-        figure=not args.no_figure,
-    )
-    fidelity(request, log=lambda message: print(f"fidelity: {message}", flush=True))
-    return 0

@@ -1,4 +1,4 @@
-"""The exact (sampled) Fisher of the trainer's Fisher loss, its products, and a CG solver.
+"""The exact (sampled) Fisher of the trainer's Fisher loss and its products (solves: ``solvers.py``).
 
 Per-example Fisher loss term (the trainer's Fisher pass, ``rl/trainer.py`` ``fisher_loss``;
 openai/baselines ``acktr/acktr.py`` lines 36, 48-51), with a_n sampled from the policy and
@@ -16,13 +16,18 @@ K-FAC approximates each diagonal block F_ll of this very matrix (same batch, sam
 Fisher-vector products never form F: ``F v = Jᵀ(J v)/B`` from the stored Jacobian when it fits
 in memory (:class:`JacobianFisher`), else ``J v`` by forward-mode ``jvp`` and ``Jᵀ u`` by ``vjp``
 of the map θ -> (ℓ_1 … ℓ_B) (:class:`FunctionalFisher`). Both are exact.
+
+Both operators only need a *row model*: N = B·R rows r_i with F = (1/B) Σ_i r_i r_iᵀ. The sampled
+Fisher above is R = 1 (:class:`SampledRows`); the true Fisher (``expected.py``) has R rows per
+state. With a stored Jacobian, (F + λI)⁻¹ g is solved exactly in the N-dimensional row space
+(:func:`row_space_solve`, Woodbury) instead of by CG.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +35,12 @@ from torch import nn
 from torch.func import functional_call, grad, jvp, vjp, vmap
 
 from kfac_bench.fidelity.layout import LayerSlot, flatten, kfac_parameters, total_size, unflatten
+from kfac_bench.fidelity.solvers import (  # noqa: F401  (re-exported)
+    CgResult,
+    conjugate_gradient,
+    damped_solve,
+    row_space_solve,
+)
 
 
 def fisher_terms(
@@ -93,6 +104,25 @@ class FisherProblem:
         )
 
 
+class SampledRows:
+    """The sampled Fisher's row model: one row g_n = ∇ℓ_n per example (R = 1)."""
+
+    per_example = 1
+
+    def __init__(self, problem: FisherProblem) -> None:
+        self.problem = problem
+
+    def terms(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """θ -> (ℓ_1 … ℓ_B), shape (B,)."""
+        return self.problem.terms(params)
+
+    def gradients(
+        self, keys: tuple[str, ...] | None = None, chunk_size: int = 64
+    ) -> dict[str, torch.Tensor]:
+        """{key: (B, *param.shape)}: the rows' gradients."""
+        return per_example_gradients(self.problem, keys, chunk_size)
+
+
 def per_example_gradients(
     problem: FisherProblem, keys: tuple[str, ...] | None = None, chunk_size: int = 64
 ) -> dict[str, torch.Tensor]:
@@ -121,23 +151,33 @@ def jacobian(problem: FisherProblem, chunk_size: int = 64) -> torch.Tensor:
     return flatten(problem.slots, per_example_gradients(problem, chunk_size=chunk_size), lead=1)
 
 
-def layer_jacobians(problem: FisherProblem, chunk_size: int = 64) -> list[torch.Tensor]:
-    """[J_l (B, P_l)] per layer in M order (the columns of :func:`jacobian`, contiguous)."""
-    grads = per_example_gradients(problem, chunk_size=chunk_size)
+def layer_jacobians(
+    problem: FisherProblem, chunk_size: int = 64, rows: RowModel | None = None
+) -> list[torch.Tensor]:
+    """[J_l (N, P_l)] per layer in M order (the columns of :func:`jacobian`, contiguous).
+
+    ``rows``: the row model (default :class:`SampledRows`, N = B)."""
+    rows = rows or SampledRows(problem)
+    grads = rows.gradients(chunk_size=chunk_size)
     return [flatten([_at_zero(slot)], grads, lead=1) for slot in problem.slots]
 
 
 class JacobianFisher:
-    """F = JᵀJ/B from stored per-example gradients, one contiguous (B, P_l) block per layer.
+    """F = JᵀJ/B from stored row gradients, one contiguous (N, P_l) block per layer.
 
-    Network products sum over the layer blocks (J v = Σ_l J_l v_l), so no product ever reads a
-    strided column slice of the full (B, P) matrix.
+    ``batch`` is the normaliser B (default N: one row per example). Network products sum over
+    the layer blocks (J v = Σ_l J_l v_l), so no product ever reads a strided column slice of the
+    full (N, P) matrix.
     """
 
-    def __init__(self, blocks: list[torch.Tensor], slots: list[LayerSlot]) -> None:
+    def __init__(
+        self, blocks: list[torch.Tensor], slots: list[LayerSlot], batch: int | None = None
+    ) -> None:
         self.blocks = {slot.name: block.contiguous() for slot, block in zip(slots, blocks)}
         self.slots = slots
-        self.batch = blocks[0].shape[0]
+        self.rows = blocks[0].shape[0]
+        self.batch = self.rows if batch is None else batch
+        self._grams: dict[str, torch.Tensor] = {}
 
     @classmethod
     def from_jacobian(cls, jac: torch.Tensor, slots: list[LayerSlot]) -> JacobianFisher:
@@ -162,11 +202,18 @@ class JacobianFisher:
             return self.blocks[slot.name]
         return torch.cat([self.blocks[s.name] for s in self.slots], dim=1)
 
+    def gram(self, slot: LayerSlot | None = None) -> torch.Tensor:
+        """J_l J_lᵀ (N, N), or J Jᵀ = Σ_l J_l J_lᵀ for ``None`` (cached per layer)."""
+        for s in self.slots if slot is None else [slot]:
+            if s.name not in self._grams:
+                self._grams[s.name] = self.blocks[s.name] @ self.blocks[s.name].T
+        if slot is not None:
+            return self._grams[slot.name]
+        return sum(self._grams[s.name] for s in self.slots)
+
     def frobenius_sq(self, slot: LayerSlot | None = None) -> float:
         """‖F_ll‖²_F = ‖J_l J_lᵀ‖²_F / B² (Gram form; exact, never forms F)."""
-        slots = self.slots if slot is None else [slot]
-        gram = sum(self.blocks[s.name] @ self.blocks[s.name].T for s in slots)
-        return float(gram.pow(2).sum()) / self.batch**2
+        return float(self.gram(slot).pow(2).sum()) / self.batch**2
 
     def mv(self, v: torch.Tensor, slot: LayerSlot | None = None) -> torch.Tensor:
         """F v (or F_ll v_l), batched over leading dimensions of v."""
@@ -178,16 +225,21 @@ class JacobianFisher:
 
 
 class FunctionalFisher:
-    """F v without the Jacobian: u = J v by ``jvp``, Jᵀ u by ``vjp`` of θ -> (ℓ_1 … ℓ_B).
+    """F v without the Jacobian: u = J v by ``jvp``, Jᵀ u by ``vjp`` of θ -> (r_1 … r_N).
 
-    Memory is one forward/backward of the batch; ``block_jacobian`` builds a single layer's
-    per-example gradients (only requested for blocks small enough to form densely).
+    ``rows`` is the row model (default :class:`SampledRows`: θ -> (ℓ_1 … ℓ_B)). Memory is one
+    forward/backward of the batch; ``block_jacobian`` builds a single layer's row gradients (only
+    requested for blocks small enough to form densely).
     """
 
-    def __init__(self, problem: FisherProblem, chunk_size: int = 64) -> None:
+    def __init__(
+        self, problem: FisherProblem, chunk_size: int = 64, rows: RowModel | None = None
+    ) -> None:
         self.problem = problem
+        self.model = rows or SampledRows(problem)
         self.slots = problem.slots
         self.batch = problem.batch
+        self.rows = problem.batch * self.model.per_example
         self.params = problem.params()
         self.chunk_size = chunk_size
 
@@ -196,14 +248,14 @@ class FunctionalFisher:
         keys = [k for s in slots for k in s.keys]
         sub = {k: self.params[k] for k in keys}
         rest = {k: v for k, v in self.params.items() if k not in sub}
-        return slots, sub, lambda p: self.problem.terms({**rest, **p})
+        return slots, sub, lambda p: self.model.terms({**rest, **p})
 
     def jv(self, v: torch.Tensor, slot: LayerSlot | None = None) -> torch.Tensor:
         slots, sub, fn = self._subset(slot)
         rows = v.reshape(-1, v.shape[-1])
         shifted = [s if slot is None else _at_zero(s) for s in slots]
         out = [jvp(fn, (sub,), (unflatten(shifted, row),))[1] for row in rows]
-        return torch.stack(out).reshape(*v.shape[:-1], self.batch)
+        return torch.stack(out).reshape(*v.shape[:-1], self.rows)
 
     def jtu(self, u: torch.Tensor, slot: LayerSlot | None = None) -> torch.Tensor:
         slots, sub, fn = self._subset(slot)
@@ -216,8 +268,9 @@ class FunctionalFisher:
     def block_jacobian(self, slot: LayerSlot | None) -> torch.Tensor:
         """J_l (B, P_l) built on demand (``None``: the full J; small networks only)."""
         if slot is None:
-            return jacobian(self.problem, self.chunk_size)
-        grads = per_example_gradients(self.problem, slot.keys, self.chunk_size)
+            grads = self.model.gradients(chunk_size=self.chunk_size)
+            return flatten(self.slots, grads, lead=1)
+        grads = self.model.gradients(slot.keys, self.chunk_size)
         return flatten([_at_zero(slot)], grads, lead=1)
 
     def frobenius_sq(self, slot: LayerSlot | None = None) -> float | None:
@@ -238,74 +291,30 @@ def _at_zero(slot: LayerSlot) -> LayerSlot:
 FisherOperator = JacobianFisher | FunctionalFisher
 
 
+class RowModel(Protocol):
+    """N = B·``per_example`` rows r_i with F = (1/B) Σ_i r_i r_iᵀ (module docstring)."""
+
+    per_example: int
+
+    def terms(self, params: dict[str, torch.Tensor]) -> torch.Tensor: ...
+
+    def gradients(
+        self, keys: tuple[str, ...] | None = None, chunk_size: int = 64
+    ) -> dict[str, torch.Tensor]: ...
+
+
 def fisher_operator(
-    problem: FisherProblem, max_jacobian_bytes: float, chunk_size: int = 64
+    problem: FisherProblem,
+    max_jacobian_bytes: float,
+    chunk_size: int = 64,
+    rows: RowModel | None = None,
 ) -> FisherOperator:
-    """The Jacobian form when B·P entries fit in ``max_jacobian_bytes``, else the functional one."""
+    """The Jacobian form when N·P entries fit in ``max_jacobian_bytes``, else the functional one.
+
+    ``rows``: the row model (default :class:`SampledRows`, the sampled Fisher)."""
+    rows = rows or SampledRows(problem)
     itemsize = next(iter(problem.params().values())).element_size()
-    if problem.batch * problem.dim * itemsize <= max_jacobian_bytes:
-        return JacobianFisher(layer_jacobians(problem, chunk_size), problem.slots)
-    return FunctionalFisher(problem, chunk_size)
-
-
-# ---------------------------------------------------------------------------------------------
-# conjugate gradient
-
-
-@dataclass(frozen=True)
-class CgResult:
-    """x ≈ A⁻¹ b; ``residual`` is the true ‖b − A x‖ / ‖b‖ recomputed at the end."""
-
-    x: torch.Tensor
-    iterations: int
-    residual: float
-    converged: bool
-
-
-def conjugate_gradient(
-    matvec: Callable[[torch.Tensor], torch.Tensor],
-    b: torch.Tensor,
-    *,
-    tol: float = 1e-10,
-    max_iter: int = 1000,
-    deadline: float | None = None,
-) -> CgResult:
-    """Solve A x = b for symmetric positive definite A given by ``matvec`` (Hestenes–Stiefel).
-
-    Stops when ‖r‖ ≤ tol·‖b‖, after ``max_iter`` iterations, or when ``time.monotonic()``
-    passes ``deadline``. For A = F + λI with rank(F) ≤ B it terminates in at most B + 1 steps in
-    exact arithmetic (the Krylov space of a rank-B update of a multiple of I).
-    """
-    x = torch.zeros_like(b)
-    b_norm = float(b.norm())
-    if b_norm == 0.0:
-        return CgResult(x, 0, 0.0, True)
-    r = b.clone()
-    p = r.clone()
-    rr = r @ r
-    iterations = 0
-    for iterations in range(1, max_iter + 1):  # noqa: B007 (reported)
-        ap = matvec(p)
-        alpha = rr / (p @ ap)
-        x = x + alpha * p
-        r = r - alpha * ap
-        rr_new = r @ r
-        if float(rr_new.sqrt()) <= tol * b_norm:
-            break
-        if deadline is not None and time.monotonic() > deadline:
-            break
-        p = r + (rr_new / rr) * p
-        rr = rr_new
-    residual = float((b - matvec(x)).norm()) / b_norm
-    return CgResult(x, iterations, residual, residual <= 10 * tol)
-
-
-def damped_solve(
-    operator: FisherOperator,
-    g: torch.Tensor,
-    damping: float,
-    slot: LayerSlot | None = None,
-    **cg_options,
-) -> CgResult:
-    """(F + λI)⁻¹ g by CG with exact Fisher-vector products (F_ll for one ``slot``)."""
-    return conjugate_gradient(lambda v: operator.mv(v, slot) + damping * v, g, **cg_options)
+    if problem.batch * rows.per_example * problem.dim * itemsize <= max_jacobian_bytes:
+        blocks = layer_jacobians(problem, chunk_size, rows)
+        return JacobianFisher(blocks, problem.slots, batch=problem.batch)
+    return FunctionalFisher(problem, chunk_size, rows)

@@ -70,8 +70,9 @@ def probe_relative_error(
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    """⟨a, b⟩/(‖a‖‖b‖), clipped to [−1, 1] (rounding can step past ±1 for parallel vectors)."""
     denom = float(a.norm() * b.norm())
-    return float(a @ b) / denom if denom > 0 else math.nan
+    return min(1.0, max(-1.0, float(a @ b) / denom)) if denom > 0 else math.nan
 
 
 def norm_ratio(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -1,29 +1,38 @@
-"""``fidelity.csv`` (tidy: one row per variant × damping_mode × damping × layer) and the figure.
+"""``fidelity.csv`` (tidy: one row per reference × factors × variant × damping_mode × damping ×
+layer), the figure, and writing them (all files or none).
 
 Columns (``COLUMNS``; blank = not applicable):
 
 - run context: env, checkpoint (run directory or ``initial``), step, seed, batch
-- row key: variant, damping_mode, damping (λ of ``KfacConfig``), reference_damping (λ_ref of the
-  exact (F + λ_ref I)⁻¹), eigen_clip (τ; acts in ``eigen`` mode only), layer (K-FAC layer name
+- row key: reference (``true-fisher`` | ``sampled-fisher``: the exact F the row is measured
+  against), factors (``batch`` | ``running-K``; blank on the exact rows), variant (a registered
+  variant, or ``exact-block-diagonal`` / ``sampled-fisher`` with damping_mode ``exact``),
+  damping_mode, damping (λ of ``KfacConfig``), reference_damping (λ_ref of the exact
+  (F + λ_ref I)⁻¹), eigen_clip (τ; acts in ``eigen`` mode only), running_init and stats_decay
+  (the running average's start rule and decay; ``running-K`` rows only), layer (K-FAC layer name
   or ``network``), params
 - approximation: block_rel_error = ‖F − F̃‖_F/‖F‖_F (network: block-diagonal F̃ against the full F),
   block_error_se, block_error_method (dense | probes), block_error_probes
 - direction: cosine, norm_ratio (‖d‖/‖d*‖), kl_exact_direction (½ d*ᵀFd*), kl_variant_direction
   (½ dᵀFd), kl_kfac_model (½⟨d, g⟩: the KL the trust region assumes)
 - clipping: A_clipped, G_clipped (eigenvalues ≤ τ zeroed), bias_G_clipped (split bias), A_dim, G_dim
-- solver: cg_iters (0: dense solve), cg_residual (‖b − (F + λI)x‖/‖b‖); error
+- solver: cg_iters (0: direct solve, dense or row space), cg_residual (‖b − (F + λI)x‖/‖b‖); error
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import math
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
-from kfac_bench import store
-from kfac_bench.fidelity.compare import NETWORK, REFERENCE_VARIANT
+from kfac_bench.atomic import naming
+from kfac_bench.fidelity.rows import CROSS_VARIANT, EXACT_MODE, NETWORK, REFERENCE_VARIANT
 
 COLUMNS = [
     "env",
@@ -31,11 +40,15 @@ COLUMNS = [
     "step",
     "seed",
     "batch",
+    "reference",
+    "factors",
     "variant",
     "damping_mode",
     "damping",
     "reference_damping",
     "eigen_clip",
+    "running_init",
+    "stats_decay",
     "layer",
     "params",
     "block_rel_error",
@@ -79,15 +92,24 @@ def csv_text(rows: list[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    store.write_atomic(path, csv_text(rows).encode())
+def csv_bytes(rows: list[dict[str, Any]]) -> bytes:
+    return csv_text(rows).encode()
+
+
+def _label(row: dict[str, Any]) -> str:
+    """Heatmap row label: the variant, with its factor set unless it is this batch's."""
+    factors = row.get("factors")
+    if row["damping_mode"] == EXACT_MODE or factors in (None, "", "batch"):
+        return row["variant"]
+    return f"{row['variant']} [{factors}]"
 
 
 def cosine_figure(rows: list[dict[str, Any]], title: str):
-    """Heatmaps of cosine(d, d*): variant × layer, one panel per damping mode (rows: λ).
+    """Heatmaps of cosine(d, d*): label × layer; panel rows reference × λ, columns damping mode.
 
-    Returns the matplotlib Figure (Agg). The ``exact-block-diagonal`` reference is drawn as an
-    extra first row of every panel (its network cosine; layers are 1 by definition).
+    Returns the matplotlib Figure (Agg). Every panel starts with the exact rows of its reference:
+    ``exact-block-diagonal`` (network cell; layers are 1 by definition) and, against
+    ``true-fisher``, ``sampled-fisher`` (the sampled reference's own directions).
     """
     import matplotlib
 
@@ -95,34 +117,39 @@ def cosine_figure(rows: list[dict[str, Any]], title: str):
     import matplotlib.pyplot as plt
     import numpy as np
 
-    measured = [r for r in rows if r["variant"] != REFERENCE_VARIANT and "cosine" in r]
-    reference = {r["damping"]: r["cosine"] for r in rows if r["variant"] == REFERENCE_VARIANT}
-    variants = list(dict.fromkeys(r["variant"] for r in measured))
+    valid = [r for r in rows if "cosine" in r]
+    measured = [r for r in valid if r["damping_mode"] != EXACT_MODE]
+    exact = [r for r in valid if r["damping_mode"] == EXACT_MODE]
+    references = list(dict.fromkeys(r.get("reference", "") for r in rows))
     modes = list(dict.fromkeys(r["damping_mode"] for r in measured))
     dampings = list(dict.fromkeys(r["damping"] for r in measured))
-    layers = list(dict.fromkeys(r["layer"] for r in measured if r["layer"] != NETWORK))
+    layers = list(dict.fromkeys(r["layer"] for r in valid if r["layer"] != NETWORK))
     layers.append(NETWORK)
-    labels = ([REFERENCE_VARIANT] if reference else []) + variants
-    values = [r["cosine"] for r in measured if not math.isnan(r["cosine"])]
-    low = min([*values, *reference.values(), 0.0]) if values else 0.0
+    exact_labels = [
+        v for v in (REFERENCE_VARIANT, CROSS_VARIANT) if any(_label(r) == v for r in exact)
+    ]
+    labels = exact_labels + list(dict.fromkeys(_label(r) for r in measured))
+    values = [r["cosine"] for r in valid if not math.isnan(r["cosine"])]
+    low = min([*values, 0.0])
+    panels = [(ref, lam) for ref in references for lam in dampings]
 
     fig, axes = plt.subplots(
-        len(dampings),
+        len(panels),
         len(modes),
-        figsize=(1.2 + 0.9 * len(layers) * len(modes), 0.6 + 0.45 * len(labels) * len(dampings)),
+        figsize=(2.4 + 0.9 * len(layers) * len(modes), 0.9 + 0.42 * len(labels) * len(panels)),
         squeeze=False,
         constrained_layout=True,
     )
     image = None
-    for i, lam in enumerate(dampings):
+    for i, (ref, lam) in enumerate(panels):
         for j, mode in enumerate(modes):
             ax = axes[i][j]
             grid = np.full((len(labels), len(layers)), np.nan)
-            for r in measured:
-                if r["damping"] == lam and r["damping_mode"] == mode:
-                    grid[labels.index(r["variant"]), layers.index(r["layer"])] = r["cosine"]
-            if reference:
-                grid[0, -1] = reference.get(lam, np.nan)
+            for r in valid:
+                if r.get("reference", "") != ref or r["damping"] != lam:
+                    continue
+                if r["damping_mode"] in (mode, EXACT_MODE):
+                    grid[labels.index(_label(r)), layers.index(r["layer"])] = r["cosine"]
             image = ax.imshow(grid, vmin=low, vmax=1.0, cmap="viridis", aspect="auto")
             for (y, x), v in np.ndenumerate(grid):
                 if not np.isnan(v):
@@ -130,35 +157,104 @@ def cosine_figure(rows: list[dict[str, Any]], title: str):
                     ax.text(x, y, f"{v:.3f}", ha="center", va="center", fontsize=7, color=color)
             ax.set_xticks(range(len(layers)), layers, rotation=45, ha="right", fontsize=8)
             ax.set_yticks(range(len(labels)), labels if j == 0 else [""] * len(labels), fontsize=8)
-            ax.set_title(f"{mode}, λ={lam:g}", fontsize=9)
+            ax.set_title(f"vs {ref}: {mode}, λ={lam:g}", fontsize=9)
     fig.suptitle(title, fontsize=10)
     if image is not None:
-        fig.colorbar(image, ax=axes, shrink=0.8, label="cosine(K-FAC direction, exact)")
+        fig.colorbar(image, ax=axes, shrink=0.8, label="cosine(direction, exact reference's)")
     return fig
 
 
-def write_figure(path_stem: Path, rows: list[dict[str, Any]], title: str) -> list[Path]:
-    """``<stem>.png`` and ``<stem>.svg`` (atomic writes); returns the paths."""
+def figure_files(stem: str, rows: list[dict[str, Any]], title: str) -> dict[str, bytes]:
+    """``{<stem>.png: …, <stem>.svg: …}`` rendered in memory."""
     import matplotlib.pyplot as plt
 
     fig = cosine_figure(rows, title)
-    paths = []
+    files = {}
     try:
-        for suffix, options in ((".png", {"dpi": 150}), (".svg", {})):
+        for suffix, options in (("png", {"dpi": 150}), ("svg", {})):
             buffer = io.BytesIO()
-            fig.savefig(buffer, format=suffix[1:], **options)
-            path = path_stem.with_suffix(suffix)
-            store.write_atomic(path, buffer.getvalue())
-            paths.append(path)
+            fig.savefig(buffer, format=suffix, **options)
+            files[f"{stem}.{suffix}"] = buffer.getvalue()
     finally:
         plt.close(fig)
-    return paths
+    return files
 
 
-def network_summary(rows: list[dict[str, Any]]) -> list[tuple[str, str, float, float]]:
-    """(variant, damping_mode, damping, cosine) of the network rows, in row order."""
+def _unwritable(path: Path) -> int | None:
+    """The errno a write under the existing directory ``path`` would fail with, if known."""
+    if not path.is_dir():
+        return errno.ENOTDIR
+    if os.statvfs(path).f_flag & os.ST_RDONLY:
+        return errno.EROFS
+    if not os.access(path, os.W_OK | os.X_OK):
+        return errno.EACCES
+    return None
+
+
+def check_writable(out: Path, first: str) -> None:
+    """Fail early (before any measuring) when files cannot be written under ``out``.
+
+    Raises an OSError naming ``out/first`` with the action ``write`` (the command line prints
+    ``cannot write <file>: <reason>``) when ``out`` or its nearest existing ancestor is a file,
+    read-only or not writable. Creates nothing.
+    """
+    out = Path(out)
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    code = _unwritable(existing)
+    if code is not None:
+        raise naming(OSError(code, os.strerror(code)), out / first, "write")
+
+
+def write_outputs(out: Path, files: dict[str, bytes]) -> list[Path]:
+    """Write every file of ``files`` into ``out``, or none of them.
+
+    Each file goes to a temp file in ``out`` (fsync'd); only when all are written are they renamed
+    into place (``os.replace``). On any failure the temp files and every directory this call
+    created are removed, so a full or read-only disk leaves ``out`` as it was. Errors are OSErrors
+    naming the final path, action ``write``.
+    """
+    out = Path(out)
+    created = next((p for p in [*reversed(out.parents), out] if not p.exists()), None)
+    temps: dict[Path, Path] = {}
+    target = out / next(iter(files), "")
+    try:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            for name, data in files.items():
+                target = out / name
+                fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.", suffix=".tmp")
+                temps[target] = Path(tmp)
+                with os.fdopen(fd, "wb") as handle:
+                    os.fchmod(handle.fileno(), 0o644)
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            for target, tmp in temps.items():
+                os.replace(tmp, target)
+        except OSError as error:
+            raise naming(error, target, "write") from error
+    except BaseException:
+        for tmp in temps.values():
+            tmp.unlink(missing_ok=True)
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+    return list(temps)
+
+
+def network_summary(rows: list[dict[str, Any]]) -> list[tuple[str, str, str, str, float, float]]:
+    """(reference, factors, variant, damping_mode, damping, cosine) of the network rows."""
     return [
-        (r["variant"], r["damping_mode"], r["damping"], r.get("cosine", math.nan))
+        (
+            r.get("reference", ""),
+            r.get("factors") or "",
+            r["variant"],
+            r["damping_mode"],
+            r["damping"],
+            r.get("cosine", math.nan),
+        )
         for r in rows
         if r["layer"] == NETWORK
     ]
