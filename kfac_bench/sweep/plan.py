@@ -1,7 +1,10 @@
 """The sweep's plan: the runs a validated spec describes, and what to do with each of them.
 
 :func:`plan_runs` expands a :class:`~kfac_bench.sweep.spec.SweepSpec` into
-:class:`PlannedRun` s, each with its fully resolved config:
+``envs × (variants × grid + controls × non-K-FAC grid) × seeds`` :class:`PlannedRun` s (at most
+``MAX_RUNS``, counted before anything is expanded), each named
+``store.run_name(label, env, seed, axes)``, e.g. ``paper__CartPole-v1__s0__damping_mode-eigen``,
+with its fully resolved config:
 
 * A variant run's config is ``build_config(env, variant, seed, preset, steps, [set] + axes)``:
   family base, then the preset, then ``[set]``, then its grid axes.
@@ -23,6 +26,7 @@ import contextlib
 import dataclasses
 import importlib.util
 import itertools
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +36,7 @@ from kfac_bench import store
 from kfac_bench.config import ConfigError, RunConfig
 from kfac_bench.presets import FAMILY_DEFAULT_PRESET, PRESETS, build_config
 from kfac_bench.rl.envs import env_family
-from kfac_bench.sweep.spec import SpecError, SweepSpec
+from kfac_bench.sweep.spec import MAX_RUNS, SpecError, SweepSpec
 
 CONTROL_VARIANT = "paper"  # recorded in a control run's config; a first-order run ignores it
 # Rough single-thread env steps/s per family on a laptop core (see runs/quick.toml); only used to
@@ -96,11 +100,28 @@ def _jobs(spec: SweepSpec, env: str) -> list[tuple[str | None, str, str | None, 
     return jobs
 
 
+def run_count(spec: SweepSpec) -> int:
+    """``envs × (variants × grid + controls × non-K-FAC grid) × seeds``, without expanding."""
+    full = math.prod(len(v) for v in spec.grid.values())
+    control = math.prod(len(v) for k, v in spec.grid.items() if not k.startswith("kfac."))
+    labels = len(spec.variants) * full + len(spec.controls) * control
+    return len(spec.envs) * labels * len(spec.seeds)
+
+
 def plan_runs(spec: SweepSpec) -> list[PlannedRun]:
     """Every run's config via ``build_config``, in spec order (env, label, axes, seed).
 
-    Problems (a config its domains refuse, two runs with one name) are collected into one
-    SpecError, one line each."""
+    Problems (more than ``MAX_RUNS`` runs, a config its domains refuse, two runs with one name)
+    are collected into one SpecError, one line each."""
+    count = run_count(spec)
+    if count > MAX_RUNS:
+        raise SpecError(
+            spec.path,
+            [
+                f"the spec describes {count:,} runs; a sweep holds at most {MAX_RUNS:,} "
+                "(split it into several specs)"
+            ],
+        )
     problems: list[str] = []
     runs: list[PlannedRun] = []
     for env in spec.envs:
