@@ -73,6 +73,20 @@ def test_bad_values_are_one_line_and_write_nothing(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_names_given_twice_or_unknown_are_one_line(tmp_path, capsys, monkeypatch):
+    cases = [
+        (["--references", "true-fisher", "true-fisher"], "--references: true-fisher given more"),
+        (["--variants", "paper", "paper"], "--variants: paper given more than once"),
+        (["--references", "exact"], "unknown reference 'exact'; choose from true-fisher, sampled"),
+        (["--damping-modes", "ekfac"], "unknown damping mode 'ekfac'; choose from eigen, tikhonov"),
+    ]
+    for extra, needle in cases:
+        rc, err, _ = kfac(capsys, monkeypatch, *TINY, "--out", tmp_path / "x", *extra)
+        assert rc == 2
+        one_error(err, needle)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_out_is_a_file_or_under_one(tmp_path, capsys, monkeypatch):
     blocker = tmp_path / "file"
     blocker.write_text("x")

@@ -20,7 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "on one batch: true-fisher (the expectation over the policy's actions and the value\n"
         "noise) and sampled-fisher (F = (1/B) Σ g_n g_nᵀ of the trainer's Fisher pass).\n"
         f"default batch: {', '.join(f'{k} {v}' for k, v in DEFAULT_BATCH.items())}.\n"
-        "example: kfac-bench fidelity --env MinAtar/Breakout-v1 --out runs/fidelity/breakout"
+        "example: kfac-bench fidelity --env MinAtar/Breakout-v1 --out runs/fidelity/breakout\n"
+        "         kfac-bench fidelity --checkpoint RUN_DIR --running-updates 10"
     )
     parser.add_argument("--env", default=None, help="Gymnasium id (default: the checkpoint's)")
     parser.add_argument(
@@ -44,7 +45,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--damping-modes",
         nargs="+",
         default=list(DAMPING_MODES),
-        choices=DAMPING_MODES,
         metavar="MODE",
         help=f"damping modes (default: {' '.join(DAMPING_MODES)})",
     )
@@ -85,7 +85,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="random probes for blocks too large to form (default 64)",
     )
     parser.add_argument(
-        "--cg-iters", type=int, default=None, help="CG iteration cap (default 2·batch + 50)"
+        "--cg-iters",
+        type=int,
+        default=None,
+        help="CG iteration cap when the Jacobian is not stored (default 2·N + 50, N its rows: "
+        "B sampled, B·(A+1) true-fisher)",
     )
     parser.add_argument(
         "--device",
@@ -103,7 +107,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--references",
         nargs="+",
         default=list(REFERENCES),
-        choices=REFERENCES,
         metavar="REF",
         help=f"exact references to measure against (default: {' '.join(REFERENCES)})",
     )

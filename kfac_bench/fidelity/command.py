@@ -98,6 +98,10 @@ def validate(request: Request) -> None:
             raise ValueError(f"unknown reference {name!r}; choose from {', '.join(REFERENCES)}")
     if not request.references:
         raise ValueError(f"give at least one reference ({', '.join(REFERENCES)})")
+    for flag, names in (("--references", request.references), ("--variants", request.variants)):
+        twice = sorted({n for n in names or () if list(names).count(n) > 1})
+        if twice:
+            raise ValueError(f"{flag}: {', '.join(twice)} given more than once")
 
 
 def default_out(request: Request, env_id: str) -> Path:
