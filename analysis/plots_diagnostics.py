@@ -37,7 +37,7 @@ STEP_PANELS: dict[str, tuple[str, bool, float | None]] = {
     "kl_ratio": ("measured / predicted KL", True, 1.0),
     "nu": ("trust-region scale ν", False, None),
     "trust_q": ("trust-region q", True, None),
-    "lr": ("learning rate", False, None),
+    "lr": ("learning rate", True, None),
     "clip_fraction": ("PPO clip fraction", False, None),
 }
 #: Per-layer quantities (``diag/<layer>/<qty>``) -> (title, log scale), in column order.
@@ -193,7 +193,8 @@ def factor_figure(frame: pd.DataFrame, groups: Sequence[str], env: str) -> Figur
             plot_quantity(ax, cell, styles, f"{layer}: {title}", log)
             if i == len(layers) - 1:
                 ax.set_xlabel("env steps", fontsize="small")
-    _legend(fig, groups, styles, part.groupby("group")["n"].max().to_dict())
+    factors = part[part["column"].str.startswith("diag/")]
+    _legend(fig, groups, styles, factors.groupby("group")["n"].max().to_dict())
     fig.suptitle(f"{env}: Kronecker factors per layer (median over seeds, IQR band)")
     return fig
 

@@ -147,6 +147,12 @@ def test_factor_grid_rows_are_layers_and_drops_all_zero_quantities():
     titles = sorted(ax.get_title() for ax in fig.axes if ax.get_visible())
     assert titles == ["pi: cond G", "trunk.0: tr A"]
     plots.close(fig)
+    # the controls log no factors: not in the factor figure's legend
+    frame = _diagnostic_frame(n_groups=7)
+    fig = plots_diagnostics.factor_figure(frame, list(dict.fromkeys(frame["group"])), "E")
+    names = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert names and not any(n.startswith(("a2c", "ppo")) for n in names)
+    plots.close(fig)
 
 
 def test_diagnostics_group_styles_differ_within_a_label():
