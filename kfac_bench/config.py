@@ -53,7 +53,8 @@ MAX_LR = 1e6  # nothing meaningful lies above; the trust region's lr²·q overfl
 MAX_THREADS = 1024  # torch.set_num_threads takes a C int; more threads than this is a typo
 MAX_WAIT_S = 1e6  # threading's wait overflows on huge timeouts; 11 days is "forever" here
 
-DampingMode = Literal["eigen", "tikhonov", "tikhonov-pi"]
+DampingMode = Literal["eigen", "tikhonov", "tikhonov-pi", "ekfac"]
+FisherType = Literal["sampled", "empirical"]
 TrustRegion = Literal["baselines", "acktr-paper", "notebook", "none"]
 RunningInit = Literal["variant", "first", "identity", "zeros-average"]
 
@@ -131,6 +132,13 @@ class KfacConfig:
     factor_damping: float | None = setting(None, Positive())  # γ for `tikhonov`; None: √λ
     # τ: eigenvalues ≤ τ are zeroed per factor (eigen mode)
     eigen_clip: float = setting(1e-6, NonNegative())
+    # ekfac (George et al. 2018; curvature/ekfac.py): the scaling s is re-estimated every k-th
+    # Fisher pass (KFAC-Pytorch TScal = 10) as an EMA with this decay (None: kfac.stats_decay)
+    ekfac_scale_every: int = setting(1, AtLeast(1))
+    ekfac_scale_decay: float | None = setting(None, Probability(below_one=True))
+    # sampled: actions from the current policy + value noise (baselines); empirical: the
+    # per-example gradients of the training loss (pg + vf_coef·value; rl/losses.py)
+    fisher_type: FisherType = "sampled"
     stats_decay: float = setting(0.99, Probability(below_one=True))
     stats_every: int = setting(1, AtLeast(1))  # Fisher pass every k updates
     inverse_every: int = setting(10, AtLeast(1))  # decompositions recomputed every k updates
@@ -325,6 +333,11 @@ def check_consistency(config: RunConfig) -> RunConfig:
             f"{kfac.async_staleness} > {kfac.inverse_every} (one decomposition runs at a time and "
             f"is used before the next is due): set kfac.inverse_every >= {kfac.async_staleness} "
             f"or kfac.async_staleness <= {kfac.inverse_every}"
+        )
+    if optim.algo == "acktr" and kfac.async_inverse and kfac.damping_mode == "ekfac":
+        raise ConfigError(
+            "kfac.async_inverse=true does not support kfac.damping_mode='ekfac' (its scaling is "
+            "re-estimated in the basis in use every update); set kfac.async_inverse=false"
         )
     batch = rollout.n_envs * rollout.n_steps
     if optim.algo == "ppo" and ppo.minibatch_size > batch:
