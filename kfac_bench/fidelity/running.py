@@ -50,7 +50,10 @@ def running_blocks(
         raise ValueError("running mode needs at least one Fisher batch")
     latest = problems[-1]
     policy = latest.policy
-    settings = dataclasses.replace(config, dtype="float64", async_inverse=False)
+    # folding does not depend on how the factors are later damped or inverted: no step is taken
+    settings = dataclasses.replace(
+        config, dtype="float64", async_inverse=False, damping_mode="eigen"
+    )
     kfac = KFAC(kfac_root(policy), strategy, settings, lr=1.0)
     try:
         for problem in problems:
