@@ -52,17 +52,26 @@ class Analysis:
     labels: dict[str, str] = field(default_factory=dict)  # group -> label
 
 
+#: Extra keys of fidelity.csv (kfac_bench/fidelity/rows.py) kept apart in the summary.
+FIDELITY_KEYS = ("reference", "factors")
+
+
 def fidelity_summary(fidelity: pd.DataFrame | None) -> pd.DataFrame | None:
-    """Mean cosine similarity by ``variant × damping_mode`` (and ``layer`` when present).
+    """Mean cosine similarity by ``variant × damping_mode`` (and ``layer``, ``reference``,
+    ``factors`` when present: rows against the true and the sampled Fisher, and single-batch vs
+    running factors, are never averaged together).
 
     Lenient: ``None`` unless the columns ``variant``, ``damping_mode`` and ``cosine`` exist.
-    Columns: ``variant, damping_mode, [layer,] cosine_mean, cosine_std, n``.
+    Columns: ``variant, damping_mode, [layer,] [reference, factors,] cosine_mean, cosine_std, n``.
     """
     if fidelity is None or not {"variant", "damping_mode", "cosine"} <= set(fidelity.columns):
         return None
     frame = fidelity.copy()
     frame["cosine"] = pd.to_numeric(frame["cosine"], errors="coerce")
     keys = ["variant", "damping_mode"] + (["layer"] if "layer" in frame.columns else [])
+    keys += [key for key in FIDELITY_KEYS if key in frame.columns]
+    for key in keys:
+        frame[key] = frame[key].fillna("").astype(str)
     summary = (
         frame.groupby(keys, sort=True)["cosine"]
         .agg(cosine_mean="mean", cosine_std="std", n="count")

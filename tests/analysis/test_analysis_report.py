@@ -259,3 +259,22 @@ def test_cli_module_contract():
     assert args.seed == 0 and str(args.runs_dir) == "runs/x"
     with pytest.raises(SystemExit):
         parser.parse_args(["runs/x", "--metric", "max"])
+
+
+def test_fidelity_references_and_factor_sets_are_kept_apart(tmp_path: Path):
+    root = build_sweep(tmp_path / "fid", labels=("paper",), envs=("CartPole-v1",), seeds=(0, 1))
+    lines = ["variant,damping_mode,layer,reference,factors,cosine"]
+    for reference, base in (("true-fisher", 0.3), ("sampled-fisher", 0.6)):
+        for factors, off in (("batch", 0.0), ("running-10", -0.2)):
+            lines.append(f"paper,eigen,network,{reference},{factors},{base + off:.2f}")
+            lines.append(f"paper,eigen,pi,{reference},{factors},0.99")
+    first = sorted(p for p in root.iterdir() if p.is_dir())[0]
+    (first / "fidelity.csv").write_text("\n".join(lines) + "\n")
+    report = analyze(root, n_bootstrap=REPS, seed=0)
+    text = report.read_text()
+    # headline: network rows against the true Fisher with batch factors only (0.3), never the
+    # average over references and factor sets (0.4) or over layers
+    assert "against the true Fisher" in text and "| paper | 0.3 |" in text
+    summary = compute(load_sweep(root), reps=REPS).fidelity
+    assert len(summary) == 8 and set(summary["n"]) == {1}
+    assert "| paper | eigen | network | sampled-fisher | running-10 | 0.4 |" in text
