@@ -10,9 +10,14 @@ Gradient layout (PyTorch): M = ∇W as (C_out, K[+1]), bias column last when fol
   (default √λ), inverses through Cholesky.
 - ``tikhonov-pi`` (Martens & Grosse 2015 §6.3): π = sqrt((tr A/dim A)/(tr G/dim G)),
   Δ = (G + (√λ/π) I)⁻¹ M (A + π√λ I)⁻¹.
+- ``ekfac`` (George et al. 2018; alecwangcq/KFAC-Pytorch ``optimizers/ekfac.py``
+  ``_get_natural_grad``): the eigenbases of ``eigen`` with the scaling s (C, K') in place of
+  d_G d_Aᵀ, Δ = Q_G [(Q_Gᵀ M Q_A) ⊘ (s + λ)] Q_Aᵀ. A new decomposition starts s at d_G d_Aᵀ
+  (:func:`kfac_bench.curvature.ekfac.reset_scale`); the optimizer then folds the Fisher pass's
+  per-example statistic into it (``ekfac.fold_scale``). No per-factor clipping τ.
 
 A separate bias block (``bias_G``, with A_b = 1) is treated as a Kronecker product with the 1×1
-factor [1], so all three modes apply to it unchanged.
+factor [1], so every mode applies to it unchanged (ekfac: Q_A = [1], s_b of shape (C, 1)).
 
 Speed knobs (issue 6, off by default): :class:`InverseJob` runs the decompositions of a snapshot
 on a background thread (``kfac.async_inverse``), and :func:`torch_threads` bounds the threads
@@ -32,6 +37,7 @@ from dataclasses import dataclass
 import torch
 
 from kfac_bench.config import KfacConfig
+from kfac_bench.curvature.ekfac import reset_scale
 
 
 class FactorInverseError(RuntimeError):
@@ -43,6 +49,7 @@ class FactorPairInverse:
     """What ``apply`` needs for one (A, G) pair, plus diagnostics from the decomposition.
 
     eigen: ``a``/``g`` hold eigenvectors, ``a_vals``/``g_vals`` clipped eigenvalues.
+    ekfac: as eigen (eigenvalues unclipped) plus ``scale``, the running s (C, K'), updated in place.
     tikhonov*: ``a``/``g`` hold the damped inverses (``a_vals``/``g_vals`` unused).
     """
 
@@ -53,12 +60,16 @@ class FactorPairInverse:
     g_vals: torch.Tensor | None
     damping: float
     diagnostics: torch.Tensor  # (6,) A_trace, G_trace, A_cond, G_cond, A_clipped, G_clipped
+    scale: torch.Tensor | None = None  # ekfac's s (C, K')
 
     def apply(self, m: torch.Tensor) -> torch.Tensor:
         """Precondition M (C_out, K) -> Δ (C_out, K) in the factors' dtype."""
         if self.mode == "eigen":
             v = self.g.T @ m @ self.a
             v = v / (self.g_vals[:, None] * self.a_vals[None, :] + self.damping)
+            return self.g @ v @ self.a.T
+        if self.mode == "ekfac":
+            v = (self.g.T @ m @ self.a) / (self.scale + self.damping)
             return self.g @ v @ self.a.T
         return self.g @ m @ self.a
 
@@ -71,6 +82,7 @@ class FactorPairInverse:
             "g_vals": self.g_vals,
             "damping": self.damping,
             "diagnostics": self.diagnostics,
+            "scale": self.scale,
         }
 
     @classmethod
@@ -127,6 +139,13 @@ def invert_pair(
     """Decompose one Kronecker pair (A: K², G: C²) under ``config.damping_mode``."""
     lam = config.damping
     traces = torch.stack([torch.trace(a), torch.trace(g)])
+    if config.damping_mode == "ekfac":
+        a_vals, a_vecs = _eigh(a, f"A of {what}")
+        g_vals, g_vecs = _eigh(g, f"G of {what}")
+        conds = torch.stack([_condition(a_vals, 0.0), _condition(g_vals, 0.0)])
+        diagnostics = torch.cat([traces, conds, torch.zeros(2, dtype=a.dtype, device=a.device)])
+        scale = reset_scale(a_vals, g_vals)
+        return FactorPairInverse("ekfac", a_vecs, g_vecs, a_vals, g_vals, lam, diagnostics, scale)
     if config.damping_mode == "eigen":
         a_vals, a_vecs = _eigh(a, f"A of {what}")
         g_vals, g_vecs = _eigh(g, f"G of {what}")
@@ -251,6 +270,34 @@ class InverseJob:
         job._snapshot = {}
         job._thread = None
         return job
+
+    def state_dict(self, timeout_s: float) -> dict:
+        """The finished result (waiting at most ``timeout_s``) with its steps, for a checkpoint."""
+        result = self.wait(timeout_s)
+        return {
+            "snapshot_step": self.snapshot_step,
+            "install_step": self.install_step,
+            "layers": {
+                name: [w.state_dict(), None if b is None else b.state_dict()]
+                for name, (w, b) in result.items()
+            },
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> InverseJob:
+        """A finished job from :meth:`state_dict`."""
+        result = {
+            name: (
+                FactorPairInverse.from_state_dict(w),
+                None if b is None else FactorPairInverse.from_state_dict(b),
+            )
+            for name, (w, b) in state["layers"].items()
+        }
+        return cls.finished(
+            result,
+            snapshot_step=int(state["snapshot_step"]),
+            install_step=int(state["install_step"]),
+        )
 
     def _run(self) -> None:
         start = time.perf_counter()

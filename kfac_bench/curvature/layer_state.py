@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from kfac_bench.config import KfacConfig
-from kfac_bench.curvature.adapters import check_conv2d, is_supported
+from kfac_bench.curvature.adapters import check_conv2d, is_supported, layer_batch
+from kfac_bench.curvature.ekfac import bias_scale_statistic, fold_scale, scale_statistic
 from kfac_bench.curvature.factors import Factors, InitRule
 from kfac_bench.curvature.inverse import FactorPairInverse, LayerDecomposition, decompose_layer
 from kfac_bench.curvature.running import RunningAverage
@@ -88,6 +89,18 @@ class LayerState:
     def install(self, decomposition: LayerDecomposition) -> None:
         self.weights, self.bias = decomposition
 
+    def fold_scale(
+        self, layer_input: torch.Tensor, grad_output: torch.Tensor, decay: float
+    ) -> None:
+        """ekfac: fold one Fisher pass's E_n[(Q_Gᵀ ∇W_n Q_A)²] into the decomposition in use
+        (and s_b into the separate bias block's), ``curvature/ekfac.py``. ``grad_output`` is the
+        gradient of the batch-mean Fisher loss at the layer output, as for the factors."""
+        batch = layer_batch(self.module, layer_input, grad_output)
+        w = self.weights
+        fold_scale(w.scale, scale_statistic(batch, w.a, w.g, self.homogeneous), decay)
+        if self.bias is not None:
+            fold_scale(self.bias.scale, bias_scale_statistic(batch, self.bias.g), decay)
+
     def precondition(self) -> list[tuple[nn.Parameter, torch.Tensor]]:
         """(parameter, Δ) pairs for this layer's weight (and bias) from their .grad."""
         weight, bias = self.module.weight, self.module.bias
@@ -104,6 +117,28 @@ class LayerState:
             delta_b = self.bias.apply(bias.grad.to(self.dtype)[:, None])[:, 0]
             pairs.append((bias, delta_b))
         return pairs
+
+    def curvature_quadratic(self, d_w: torch.Tensor, d_b: torch.Tensor | None) -> torch.Tensor:
+        """δᵀ F̃ δ of this layer for weight change d_w (C, K) and bias change d_b (C,) or None.
+
+        F̃ = A ⊗ G of the running factors (bias in the homogeneous coordinate, or Δbᵀ·bias_G·Δb),
+        undamped: ⟨D, G·D·A⟩. Under ekfac with a decomposition in use, F̃ is EKFAC's
+        (Q_A ⊗ Q_G) diag(s) (Q_A ⊗ Q_G)ᵀ: Σ (Q_Gᵀ D Q_A)² ⊙ s.
+        """
+        if d_b is not None and self.homogeneous:
+            d_w = torch.cat([d_w, d_b[:, None]], dim=1)
+        w = self.weights
+        if w is not None and w.mode == "ekfac":
+            total = ((w.g.T @ d_w @ w.a).square() * w.scale).sum()
+        else:
+            total = (d_w * (self.G.value @ d_w @ self.A.value)).sum()
+        if d_b is not None and not self.homogeneous:
+            b = self.bias
+            if b is not None and b.mode == "ekfac":
+                total = total + ((b.g.T @ d_b).square() * b.scale[:, 0]).sum()
+            else:
+                total = total + d_b @ self.bias_G.value @ d_b
+        return total
 
     def state_dict(self) -> dict:
         return {

@@ -35,6 +35,12 @@ With ``async_inverse`` (off by default; openai/baselines' ``async`` eigendecompo
 from a snapshot of the factors and installed exactly ``async_staleness`` steps later (the step waits
 for it, at most ``async_timeout_s``), so the training thread overlaps the eigendecompositions with
 its own work and a run stays reproducible. The very first decomposition is always synchronous.
+
+``damping_mode = "ekfac"`` (``curvature/ekfac.py``): every ``ekfac_scale_every``-th Fisher pass keeps
+its layer inputs and output gradients until ``step``, which first refreshes the decompositions (a
+new basis restarts s at d_G d_Aᵀ) and then folds that pass's per-example statistic into s in the
+basis about to be used — the order of KFAC-Pytorch ``EKFACOptimizer.step`` (``_update_inv``, then
+``_update_scale``). Not combined with ``async_inverse``.
 """
 
 from __future__ import annotations
@@ -57,7 +63,6 @@ from kfac_bench.curvature.capture import CaptureError, LayerCapture
 from kfac_bench.curvature.factors import FactorStrategy, InitRule
 from kfac_bench.curvature.inverse import (
     FactorInverseError,
-    FactorPairInverse,
     InverseJob,
     torch_threads,
 )
@@ -129,7 +134,11 @@ class KFAC(torch.optim.Optimizer):
                 f"kfac.async_staleness must be in [1, kfac.inverse_every = {config.inverse_every}]"
                 f", got {config.async_staleness}"
             )
+        if config.async_inverse and config.damping_mode == "ekfac":
+            raise KfacError("kfac.async_inverse=true does not support kfac.damping_mode='ekfac'")
         self._job: InverseJob | None = None  # the background decomposition in flight
+        # ekfac: (layer input, grad_output) of the last Fisher pass whose scaling is due
+        self._scale_batch: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._workspace = Workspace()  # patch/gradient rows reused across Fisher passes
         self._decomposed_at = 0  # kfac step whose statistics the decompositions in use come from
         self.inverse_staleness = 0  # StepInfo.staleness of the last step
@@ -156,6 +165,10 @@ class KFAC(torch.optim.Optimizer):
     @torch.no_grad()
     def _accumulate(self, grad_outputs: dict[str, torch.Tensor]) -> None:
         fraction = self.config.stats_batch_fraction
+        scale_due = (
+            self.config.damping_mode == "ekfac"
+            and self.stats_updates % self.config.ekfac_scale_every == 0
+        )
         with using_workspace(self._workspace):
             for name, layer in self.layers.items():
                 layer_input, grad_output = self.capture.inputs[name], grad_outputs[name]
@@ -166,6 +179,8 @@ class KFAC(torch.optim.Optimizer):
                     layer_input = layer_input[:rows]
                     grad_output = grad_output[:rows] * (full / rows)
                 layer.fold(self.variant.factors(layer.module, layer_input, grad_output))
+                if scale_due:
+                    self._scale_batch[name] = (layer_input, grad_output)
         self.capture.clear()
         self.stats_updates += 1
         self._check_finite()
@@ -256,6 +271,8 @@ class KFAC(torch.optim.Optimizer):
             return self._cold_step(lr)
         inverted = self._refresh_decompositions()
         self.kfac_steps += 1
+        if self._scale_batch:
+            self._fold_scales()
 
         self._applied.clear()
         pairs: list[tuple[nn.Parameter, torch.Tensor]] = []
@@ -287,6 +304,15 @@ class KFAC(torch.optim.Optimizer):
             lr, nu, q, predicted, cold=False, inverted=inverted, staleness=self.inverse_staleness
         )
 
+    def _fold_scales(self) -> None:
+        """ekfac: fold the kept Fisher pass into every layer's s (module docstring)."""
+        decay = self.config.ekfac_scale_decay
+        decay = self.config.stats_decay if decay is None else decay
+        with using_workspace(self._workspace):
+            for name, (layer_input, grad_output) in self._scale_batch.items():
+                self.layers[name].fold_scale(layer_input, grad_output, decay)
+        self._scale_batch.clear()
+
     @property
     def layers_dtype(self) -> torch.dtype:
         return torch.float64 if self.config.dtype == "float64" else torch.float32
@@ -307,6 +333,7 @@ class KFAC(torch.optim.Optimizer):
 
     def _cold_step(self, lr: float) -> StepInfo:
         self._applied.clear()
+        self._scale_batch.clear()  # no basis yet: s starts at the first decomposition
         params = [p for p in self.param_groups[0]["params"] if p.grad is not None]
         if self.cold_clip is not None:
             torch.nn.utils.clip_grad_norm_(params, self.cold_clip)
@@ -325,7 +352,8 @@ class KFAC(torch.optim.Optimizer):
         """½·Δθᵀ F̃ Δθ of the last step actually applied, over the layers whose weight is in
         ``params`` (all layers when None). Δθ_p = −scale·update as applied (momentum buffer, or
         the cold SGD buffer). F̃ per layer: A ⊗ G of the running factors, with the bias in A's
-        homogeneous coordinate, or, for a separate bias block, Δbᵀ·bias_G·Δb. Parameters outside
+        homogeneous coordinate, or, for a separate bias block, Δbᵀ·bias_G·Δb; under ekfac F̃ is the
+        EKFAC curvature Q diag(s) Qᵀ in use (``LayerState.curvature_quadratic``). Parameters outside
         Linear/Conv2d have no curvature estimate and are left out. nan before any statistics."""
         total: torch.Tensor | float = 0.0
         for layer in self.layers.values():
@@ -336,12 +364,8 @@ class KFAC(torch.optim.Optimizer):
                 return torch.full((), math.nan)
 
             d_w = self._applied_delta(weight, layer.dtype).reshape(weight.shape[0], -1)
-            if bias is not None and layer.homogeneous:
-                d_w = torch.cat([d_w, self._applied_delta(bias, layer.dtype)[:, None]], dim=1)
-            total = total + (d_w * (layer.G.value @ d_w @ layer.A.value)).sum()
-            if bias is not None and not layer.homogeneous:
-                d_b = self._applied_delta(bias, layer.dtype)
-                total = total + d_b @ layer.bias_G.value @ d_b
+            d_b = None if bias is None else self._applied_delta(bias, layer.dtype)
+            total = total + layer.curvature_quadratic(d_w, d_b)
         return 0.5 * torch.as_tensor(total).cpu()
 
     def _applied_delta(self, p: nn.Parameter, dtype: torch.dtype) -> torch.Tensor:
@@ -368,17 +392,9 @@ class KFAC(torch.optim.Optimizer):
         }
         if self._job is not None:  # a background decomposition in flight: wait and keep it
             try:
-                result = self._job.wait(self.config.async_timeout_s)
+                state["pending_inverse"] = self._job.state_dict(self.config.async_timeout_s)
             except FactorInverseError as error:
                 raise KfacError(str(error)) from error
-            state["pending_inverse"] = {
-                "snapshot_step": self._job.snapshot_step,
-                "install_step": self._job.install_step,
-                "layers": {
-                    name: [w.state_dict(), None if b is None else b.state_dict()]
-                    for name, (w, b) in result.items()
-                },
-            }
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -391,18 +407,7 @@ class KFAC(torch.optim.Optimizer):
         self._job = None
         pending = state.get("pending_inverse")
         if pending is not None:
-            result = {
-                name: (
-                    FactorPairInverse.from_state_dict(w),
-                    None if b is None else FactorPairInverse.from_state_dict(b),
-                )
-                for name, (w, b) in pending["layers"].items()
-            }
-            self._job = InverseJob.finished(
-                result,
-                snapshot_step=int(pending["snapshot_step"]),
-                install_step=int(pending["install_step"]),
-            )
+            self._job = InverseJob.from_state_dict(pending)
 
 
 __all__ = ["KFAC", "CaptureError", "KfacError", "StepInfo", "find_layers"]

@@ -69,6 +69,18 @@ def training_loss(
     return LossTerms(total, policy_loss, value_loss, entropy, log_probs_all)
 
 
+def empirical_fisher_loss(terms: LossTerms, config: RunConfig, include_value: bool) -> torch.Tensor:
+    """``kfac.fisher_type = "empirical"``: the training loss's own data terms,
+    −mean(Â·log π(a)) [+ vf_coef·value_loss], so the Fisher pass's per-example derivatives are
+    those of ℓ_n = −Â_n log π(a_n) + vf_coef·(v_n − R_n)² (the "empirical Fisher" of
+    ikostrikov/pytorch-a2c-ppo-acktr-gail#222). The entropy bonus is a regulariser of the
+    whole policy, not a per-example data term, and is left out; ``include_value`` is False for a
+    separate critic (as in :func:`fisher_loss`)."""
+    if include_value:
+        return terms.policy + config.loss.vf_coef * terms.value
+    return terms.policy
+
+
 def categorical_kl(old_log_probs: torch.Tensor, new_log_probs: torch.Tensor) -> torch.Tensor:
     """Mean KL(π_old ‖ π_new) over the batch; both (B, A) log-probabilities."""
     return (old_log_probs.exp() * (old_log_probs - new_log_probs)).sum(-1).mean()

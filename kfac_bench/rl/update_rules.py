@@ -29,6 +29,7 @@ from kfac_bench.config import RunConfig
 from kfac_bench.curvature import KFAC, KfacError
 from kfac_bench.rl.losses import (
     categorical_kl,
+    empirical_fisher_loss,
     entropy_of,
     fisher_loss,
     training_loss,
@@ -166,10 +167,14 @@ class AcktrRule(UpdateRule):
 
         with kfac.fisher_pass() as fisher:
             logits, values = self.policy(batch.obs)
-            fisher.backward(
-                fisher_loss(logits, values, batch.actions, c.loss.vf_fisher_coef, not self.separate)
-            )
-        terms = training_loss(logits, values, batch.actions, batch.advantages, batch.returns, c)
+            terms = training_loss(logits, values, batch.actions, batch.advantages, batch.returns, c)
+            if c.kfac.fisher_type == "empirical":
+                fisher.backward(empirical_fisher_loss(terms, c, not self.separate))
+            else:
+                vf_coef = c.loss.vf_fisher_coef
+                fisher.backward(
+                    fisher_loss(logits, values, batch.actions, vf_coef, not self.separate)
+                )
         check_finite(terms.total, self.updates)
         kfac.zero_grad(set_to_none=True)
         if self.critic_optimizer is not None:
