@@ -21,10 +21,10 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 	$(BIN)/pip install $(TORCH_SPEC)
-	$(BIN)/pip install -e ".[dev,ray]"
+	$(BIN)/pip install -e ".[dev,ray,tracking]"
 	touch $(STAMP)
 
-install: $(STAMP)  ## create .venv/ and install kfac-bench with the dev and ray extras
+install: $(STAMP)  ## create .venv/ and install kfac-bench with the dev, ray and tracking extras
 
 test: $(STAMP)  ## unit, oracle and integration tests (fast; benchmarks run once as tests)
 	$(BIN)/python -m pytest -m "not slow" --benchmark-disable -q $(PYTEST_ARGS)

@@ -202,6 +202,9 @@ class LogConfig:
     # updates between checkpoints (and one at the end)
     checkpoint_every: int = setting(200, AtLeast(1))
     diagnostics: bool = True  # factor traces / condition numbers in updates.csv
+    # the same rows as TensorBoard events / a W&B run too (kfac_bench.tracking)
+    tensorboard: bool = False
+    wandb: Literal["off", "offline", "online"] = "off"
 
 
 @dataclass(frozen=True)
@@ -339,6 +342,9 @@ def check_consistency(config: RunConfig) -> RunConfig:
             "kfac.async_inverse=true does not support kfac.damping_mode='ekfac' (its scaling is "
             "re-estimated in the basis in use every update); set kfac.async_inverse=false"
         )
+    from kfac_bench.tracking import check_backends  # log.tensorboard / log.wandb packages
+
+    check_backends(config.log)
     batch = rollout.n_envs * rollout.n_steps
     if optim.algo == "ppo" and ppo.minibatch_size > batch:
         raise ConfigError(
@@ -387,7 +393,7 @@ def get_value(config: RunConfig, key: str) -> Any:
 
 
 # Settings that do not change what a run computes, so a resumed run may differ in them.
-RESUME_INDEPENDENT = frozenset({"torch_threads"})
+RESUME_INDEPENDENT = frozenset({"torch_threads", "log.tensorboard", "log.wandb"})
 
 
 def config_differences(saved: dict[str, Any], config: RunConfig) -> list[str]:

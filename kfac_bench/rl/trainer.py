@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from kfac_bench import config as config_mod
-from kfac_bench import store
+from kfac_bench import store, tracking
 from kfac_bench.config import RunConfig
 from kfac_bench.curvature import KFAC
 from kfac_bench.rl.envs import VecEnv, make_env
@@ -217,11 +217,14 @@ class Trainer:
     # --- the loop -----------------------------------------------------------------------------
     def run(self, on_progress: ProgressCallback | None = None) -> RunResult:
         c = self.config
+        # TensorBoard / W&B get the same rows (tracking.py); resumed: cut back to the checkpoint
+        tracker = tracking.Tracker(c, self.run_dir, self.steps if self.updates else None)
         episodes_log = store.CsvLog(self.run_dir / "episodes.csv", store.EPISODE_COLUMNS)
         diag_columns = self.rule.diagnostic_columns()
         updates_log = store.CsvLog(
             self.run_dir / "updates.csv", store.UPDATE_COLUMNS + diag_columns
         )
+        final = False  # done or diverged: every row the tracker got is kept
         start = time.perf_counter()
         recent = collections.deque(maxlen=20)
         pending_episodes: list[dict] = []
@@ -258,6 +261,7 @@ class Trainer:
                 log_now = (self.updates + 1) % c.log.update_every == 0
                 metrics = self.update(rollout, advantages, returns, log=log_now)
                 episodes_log.write(pending_episodes)
+                tracker.episodes(pending_episodes)
                 pending_episodes.clear()
 
                 now = time.perf_counter()
@@ -266,21 +270,28 @@ class Trainer:
                 if log_now:
                     last_time, last_steps = now, self.steps
                     self.check_parameters()
-                    updates_log.write([self._row(metrics, fps, wall())])
+                    row = self._row(metrics, fps, wall())
+                    updates_log.write([row])
+                    tracker.update(row)
                 if self.updates % c.log.checkpoint_every == 0:
                     self.checkpoint(wall())
+                    tracker.checkpoint(self.steps)
                 if on_progress is not None:
                     mean_recent = float(np.mean(recent)) if recent else math.nan
                     on_progress(
                         Progress(self.steps, c.total_steps, fps, mean_recent, episode_count)
                     )
+            final = True
         except Diverged as error:
             episodes_log.write(pending_episodes)
+            tracker.episodes(pending_episodes)
+            final = True
             self.write_status("diverged", wall(), str(error))
             return RunResult("diverged", self.steps, str(error))
         finally:
             episodes_log.close()
             updates_log.close()
+            tracker.close(final)
             self.env.close()
             self.rule.close()
         self.checkpoint(wall())
