@@ -378,3 +378,58 @@ def wandb_history(path: Path) -> list[dict]:
                 }
             )
     return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# sweeps pass the options through
+
+
+SWEEP = """
+name = "tb"
+variants = ["paper"]
+controls = ["a2c"]
+envs = ["CartPole-v1"]
+seeds = [0]
+steps = 512
+
+[set]
+"rollout.n_envs" = 4
+"rollout.n_steps" = 16
+"log.update_every" = 2
+"log.tensorboard" = true
+"""
+
+
+def test_sweep_set_gives_every_run_its_events(tmp_path):
+    from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
+
+    from kfac_bench import sweep
+
+    spec = tmp_path / "tb.toml"
+    spec.write_text(SWEEP)
+    parser = __import__("argparse").ArgumentParser()
+    sweep.add_arguments(parser)
+    root = tmp_path / "out"
+    args = parser.parse_args([str(spec), "--out", str(root), "--workers", "2", "--no-progress"])
+    assert sweep.run(args) == 0
+    names = {"paper__CartPole-v1__s0", "a2c__CartPole-v1__s0"}  # A2C: no kfac/nu cells
+    for name in names:
+        assert len(event_files(root / name)) == 1
+        assert_events_equal_csvs(root / name)
+    # `tensorboard --logdir <sweep>` sees one run per run directory, named by it
+    multiplexer = EventMultiplexer().AddRunsFromDirectory(str(root))
+    assert set(multiplexer.Runs()) == names
+
+
+def test_sweep_with_wandb_missing_is_one_problem_line(tmp_path, monkeypatch):
+    from kfac_bench.sweep import SpecError, load_spec, plan_runs
+
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    spec = tmp_path / "wb.toml"
+    spec.write_text(SWEEP.replace('"log.tensorboard" = true', '"log.wandb" = "offline"'))
+    with pytest.raises(SpecError) as info:
+        plan_runs(load_spec(spec))
+    problems = info.value.problems
+    assert len(problems) == 2  # one per (env, label), each one line
+    assert all("log.wandb=offline needs the wandb package" in p for p in problems)
+    assert not (tmp_path / "tb").exists()
