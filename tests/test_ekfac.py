@@ -69,19 +69,23 @@ def test_linear_batch1_ekfac_is_the_exact_damped_fisher_inverse():
     gw, gb = torch.autograd.grad(fisher_objective(layer(x)), [layer.weight, layer.bias])
     v = torch.cat([gw, gb[:, None]], 1).reshape(-1)
     before = torch.cat([layer.weight, layer.bias[:, None]], 1).detach().clone()
-    kfac.step()
+    info = kfac.step()
     after = torch.cat([layer.weight, layer.bias[:, None]], 1).detach()
     expected = torch.linalg.solve(torch.outer(v, v) + lam * torch.eye(15, dtype=F64), g)
     torch.testing.assert_close((before - after).reshape(-1), expected, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(info.q, expected @ g, rtol=1e-9, atol=0.0)  # trust region's q
 
 
-def test_linear_scale_is_the_diagonal_of_the_dense_fisher_in_the_eigenbasis():
+@pytest.mark.parametrize("variant", ["paper", "ikostrikov"])
+def test_linear_scale_is_the_fisher_diagonal_in_the_eigenbasis_and_the_kl_uses_it(variant):
+    """s = diag of the dense Fisher block in the Kronecker eigenbasis (George et al.'s optimal
+    diagonal); ikostrikov's bias block gets its own; the applied-step KL uses Q diag(s) Qᵀ."""
     torch.manual_seed(1)
     b = 16
     layer = nn.Linear(5, 3).double()
     x, u = torch.randn(b, 5, dtype=F64), torch.randn(3, dtype=F64)
-    cfg = dataclasses.replace(EKFAC, ekfac_scale_decay=0.0)  # s = this batch's statistic
-    kfac = KFAC(layer, variants.get("paper"), cfg, lr=0.1)
+    cfg = dataclasses.replace(EKFAC, ekfac_scale_decay=0.0, momentum=0.0)  # s: this batch's
+    kfac = KFAC(layer, variants.get(variant), cfg, lr=0.1)
 
     def per_example(out):  # (B,) per-example Fisher losses
         return (out @ u).sin() + 0.5 * out.pow(2).sum(1)
@@ -92,21 +96,35 @@ def test_linear_scale_is_the_diagonal_of_the_dense_fisher_in_the_eigenbasis():
     kfac.zero_grad()
     out.pow(2).sum().backward()
 
-    rows = []
+    gws, gbs = [], []
     for n in range(b):
         gw, gb = torch.autograd.grad(
             per_example(layer(x[n : n + 1])).sum(), [layer.weight, layer.bias]
         )
-        rows.append(torch.cat([gw, gb[:, None]], 1))
-    grads = torch.stack(rows)  # (B, C, K+1) per-example gradients at the Fisher pass
+        gws.append(gw)
+        gbs.append(gb[:, None])
+    gw, gb = torch.stack(gws), torch.stack(gbs)  # per-example gradients at the Fisher pass
+    before = [p.detach().clone() for p in (layer.weight, layer.bias)]
     kfac.step()  # decomposes, then folds this pass into s
-    state = kfac.layers["Linear"].weights
-    dense = torch.einsum("nij,nkl->ijkl", grads, grads) / b  # F[(i,j),(k,l)]
-    # diag of (Q_A ⊗ Q_G)ᵀ F (Q_A ⊗ Q_G), entry (c, k)
-    diag = torch.einsum("ijkl,ic,jd,kc,ld->cd", dense, state.g, state.a, state.g, state.a)
-    torch.testing.assert_close(state.scale, diag, rtol=1e-9, atol=1e-12)
-    kfac_values = reset_scale(state.a_vals, state.g_vals)
-    assert not torch.allclose(state.scale, kfac_values, rtol=1e-2)  # EKFAC ≠ K-FAC here
+    d_w, d_b = (p.detach() - p0 for p, p0 in zip((layer.weight, layer.bias), before))
+    state = kfac.layers["Linear"]
+    if variant == "paper":  # one block [W | b], bias in the homogeneous coordinate
+        blocks = [(torch.cat([gw, gb], 2), torch.cat([d_w, d_b[:, None]], 1), state.weights)]
+    else:  # weights and the bias's own block ([1], bias_G)
+        blocks = [(gw, d_w, state.weights), (gb, d_b[:, None], state.bias)]
+    kl = 0.0
+    for grads, step, inv in blocks:
+        dense = torch.einsum("nij,nkl->ijkl", grads, grads) / b  # F[(i,j),(k,l)]
+        # diag of (Q_G ⊗ Q_A)ᵀ F (Q_G ⊗ Q_A), entry (c, k)
+        diag = torch.einsum("ijkl,ic,jd,kc,ld->cd", dense, inv.g, inv.a, inv.g, inv.a)
+        torch.testing.assert_close(inv.scale, diag, rtol=1e-9, atol=1e-12)
+        basis = torch.kron(inv.g, inv.a)  # row-major vec(Q_G X Q_Aᵀ) = basis · vec(X)
+        ekfac = basis @ torch.diag(inv.scale.reshape(-1)) @ basis.T
+        kl = kl + 0.5 * step.reshape(-1) @ ekfac @ step.reshape(-1)
+    weights = state.weights
+    kfac_values = reset_scale(weights.a_vals, weights.g_vals)
+    assert not torch.allclose(weights.scale, kfac_values, rtol=1e-2)  # EKFAC ≠ K-FAC here
+    torch.testing.assert_close(kfac.applied_step_kl(), kl, rtol=1e-9, atol=1e-15)
 
 
 # --------------------------------------------------------------------------------------------
@@ -179,10 +197,10 @@ def small_net() -> nn.Module:
     ).double()
 
 
-def update(net: nn.Module, kfac: KFAC, u: int) -> None:
+def update(net: nn.Module, kfac: KFAC, u: int, x_scale: float = 1.0) -> None:
     """One Fisher pass + training loss + step on a batch that depends only on ``u``."""
     gen = torch.Generator().manual_seed(100 + u)
-    x = torch.randn(64, 2, 8, 8, dtype=F64, generator=gen)
+    x = x_scale * torch.randn(64, 2, 8, 8, dtype=F64, generator=gen)
     sampled = torch.randint(0, 4, (64,), generator=gen)
     labels = torch.randint(0, 4, (64,), generator=gen)
     weights = torch.rand(64, dtype=F64, generator=gen)
@@ -194,11 +212,13 @@ def update(net: nn.Module, kfac: KFAC, u: int) -> None:
     kfac.step()
 
 
-def run(variant: str, config: KfacConfig, updates: int = 5) -> list[torch.Tensor]:
+def run(
+    variant: str, config: KfacConfig, updates: int = 5, x_scale: float = 1.0
+) -> list[torch.Tensor]:
     net = small_net()
     kfac = KFAC(net, variants.get(variant), config, lr=0.25)
     for u in range(updates):
-        update(net, kfac, u)
+        update(net, kfac, u, x_scale)
     return [p.detach() for p in net.parameters()]
 
 
@@ -214,6 +234,18 @@ def test_ekfac_steps_are_split_invariant_and_the_basis_still_matters():
     assert not all(torch.allclose(a, b, rtol=1e-3) for a, b in zip(reduce, paper))
     eigen = run("paper", dataclasses.replace(cfg, damping_mode="eigen", eigen_clip=0.0))
     assert not all(torch.allclose(a, b, rtol=1e-3) for a, b in zip(eigen, paper))  # s ≠ d_G d_Aᵀ
+
+
+def test_small_inputs_break_the_split_under_eigen_clipping_but_not_under_ekfac():
+    # inputs ×0.001: Ω/T² (T = 16) has eigenvalues below τ = 1e-6 that Ω itself does not; a
+    # small λ lets the clipped directions show in the step
+    cfg = dataclasses.replace(EKFAC, running_init="first", inverse_every=2, damping=1e-7)
+    eigen = dataclasses.replace(cfg, damping_mode="eigen", eigen_clip=1e-6)
+    paper, baselines = (run(v, eigen, x_scale=1e-3) for v in ("paper", "baselines"))
+    assert not all(torch.allclose(a, b, rtol=1e-3) for a, b in zip(paper, baselines))
+    paper, baselines = (run(v, cfg, x_scale=1e-3) for v in ("paper", "baselines"))
+    for got, want in zip(baselines, paper):
+        torch.testing.assert_close(got, want, rtol=1e-8, atol=1e-12)
 
 
 @pytest.mark.parametrize("variant", ["paper", "ikostrikov"])
