@@ -180,7 +180,9 @@ def test_conv_scale_equals_looped_projected_per_example_gradients(route, homogen
 
 
 def test_route_choice_follows_the_multiply_adds():
-    assert choose_route(640, 400, 32, 257) == "per-example"  # Nature conv1: 3.6 vs 19 GFLOP
+    assert (
+        choose_route(640, 400, 32, 257) == "per-example"
+    )  # Nature conv1: 3.6 vs 19 G multiply-adds
     assert choose_route(320, 64, 16, 37) == "per-example"  # MinAtar conv
     assert choose_route(640, 1, 512, 3137) == "project-first"  # Linear: one GEMM, no (B, C, K)
     assert choose_route(8, 2, 200, 200) == "project-first"  # few positions, wide factors

@@ -23,9 +23,14 @@ same numbers; the tests run both against explicit loops):
 - ``per-example``: ∇W_n = Σ_t ĝ_{n,t} ā_{n,t}ᵀ (batched GEMM), then Q_Gᵀ ∇W_n Q_A.
   Cost B·T·C·K' + B·(C²·K' + C·K'²). Cheaper as soon as T is large: the two projections act on
   the B per-example C×K' matrices instead of the B·T patch rows (for the Nature CNN's conv1 at
-  B = 640: 3.6 vs 19 GFLOP). KFAC-Pytorch always takes this route (``ComputeMatGrad``).
+  B = 640: 3.6 vs 19 G multiply-adds). KFAC-Pytorch always takes this route (``ComputeMatGrad``).
 
 Either way the per-example tensor is (B, C, K'), never larger than the patch rows themselves.
+
+One deliberate difference from KFAC-Pytorch (at 3dec464): its ``_update_scale`` squares
+``Q_g @ grad_mat @ Q_a.t()`` while its preconditioner ``_get_natural_grad`` projects with
+``Q_g.t() @ · @ Q_a``, so its s is measured in another basis than the one it divides in (equal only
+for symmetric Q). Here both use Q_Gᵀ · Q_A, the eigenbasis of George et al.
 """
 
 from __future__ import annotations
