@@ -328,6 +328,11 @@ def check_consistency(config: RunConfig) -> RunConfig:
         raise ConfigError(
             "optim.critic_steps > 1 needs optim.algo='acktr' and optim.critic='separate-adam'"
         )
+    if optim.algo == "acktr" and kfac.async_inverse and kfac.damping_mode == "ekfac":
+        raise ConfigError(
+            "kfac.async_inverse=true does not support kfac.damping_mode='ekfac' (its scaling is "
+            "re-estimated in the basis in use every update); set kfac.async_inverse=false"
+        )
     # curvature/optimizer.py KFAC._refresh_decompositions keeps one background decomposition in
     # flight: the one snapshotted at a due step must be installed before the next is due.
     if optim.algo == "acktr" and kfac.async_inverse and kfac.async_staleness > kfac.inverse_every:
@@ -336,11 +341,6 @@ def check_consistency(config: RunConfig) -> RunConfig:
             f"{kfac.async_staleness} > {kfac.inverse_every} (one decomposition runs at a time and "
             f"is used before the next is due): set kfac.inverse_every >= {kfac.async_staleness} "
             f"or kfac.async_staleness <= {kfac.inverse_every}"
-        )
-    if optim.algo == "acktr" and kfac.async_inverse and kfac.damping_mode == "ekfac":
-        raise ConfigError(
-            "kfac.async_inverse=true does not support kfac.damping_mode='ekfac' (its scaling is "
-            "re-estimated in the basis in use every update); set kfac.async_inverse=false"
         )
     from kfac_bench.tracking import check_backends  # log.tensorboard / log.wandb packages
 
