@@ -43,6 +43,7 @@ class Analysis:
     taus: np.ndarray
     curves_step: pd.DataFrame
     curves_wall: pd.DataFrame
+    equal_time: pd.DataFrame  # every group at the same wall-clock second (curves.equal_time_table)
     diagnostics: pd.DataFrame
     kl_ratio: pd.DataFrame
     old_schema_runs: list[str]
@@ -175,6 +176,7 @@ def compute(
         taus=taus,
         curves_step=curves_step,
         curves_wall=curves_wall,
+        equal_time=curves.equal_time_table(curves_wall, per_run),
         diagnostics=curves.diagnostic_curves(sweep, per_run),
         kl_ratio=curves.kl_ratio_table(sweep.updates, per_run),
         old_schema_runs=[

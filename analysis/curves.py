@@ -279,3 +279,32 @@ def kl_ratio_table(updates: pd.DataFrame, per_run: pd.DataFrame) -> pd.DataFrame
                 }
             )
     return pd.DataFrame(rows, columns=KL_RATIO_COLUMNS)
+
+
+def equal_time_table(curves_wall: pd.DataFrame, per_run: pd.DataFrame) -> pd.DataFrame:
+    """Every group's across-seed curve at the same wall-clock second, per env.
+
+    The second is ``t* = min over groups of the median run wall time`` (the fastest group's
+    typical finish), so each group's value is read where it has spent the same compute. Rows
+    ``env, group, seconds, point, lo, hi, n, steps`` where ``point [lo, hi]`` is the aggregated
+    trailing-mean return on the wall-clock grid at the last point ≤ t*, and ``steps`` the median
+    env steps the group's runs had reached by t* (steps/s × t*, capped at the run's steps).
+    """
+    columns = ["env", "group", "seconds", "point", "lo", "hi", "n", "steps"]
+    ok = per_run[per_run["ok"]]
+    rows = []
+    for env, part in curves_wall.groupby("env", sort=False):
+        runs = ok[ok["env"] == env]
+        if runs.empty:
+            continue
+        t_star = float(runs.groupby("group")["wall_time"].median().min())
+        for group in group_order(runs):
+            curve = part[(part["group"] == group) & (part["x"] <= t_star)].dropna(subset=["point"])
+            members = runs[runs["group"] == group]
+            if curve.empty or members.empty:
+                continue
+            last = curve.iloc[-1]
+            steps = np.minimum(members["steps_per_s"] * t_star, members["steps"]).median()
+            rows.append([env, group, t_star, last["point"], last["lo"], last["hi"],
+                         int(last["n"]), float(steps)])  # fmt: skip
+    return pd.DataFrame(rows, columns=columns)

@@ -99,6 +99,28 @@ def curves_section(doc: Doc, a: Analysis, out: Path, figs: Path, log: Log) -> No
                 f"{env}: {metric_name} over seeds of the per-run rolling mean of episode returns "
                 f"({a.options.curve_window} episodes) against {against}; band: {ci} over runs.",
             )
+    _equal_time(doc, a, metric_name)
+
+
+def _equal_time(doc: Doc, a: Analysis, metric_name: str) -> None:
+    """The table of every group at the same wall-clock second (per env)."""
+    if a.equal_time.empty:
+        return
+    doc.add("### At equal wall-clock time\n")
+    doc.add(
+        f"Each group's {metric_name} trailing-mean return at the same wall-clock second per env: "
+        "t* = the shortest median run time over the groups (the fastest group's typical finish), "
+        'read off the wall-clock curves above; "env steps by t*" is the median over the '
+        "group's runs of steps/s × t*. Wall-clock numbers depend on what else ran on the machine "
+        "(see the provenance above).\n"
+    )
+    rows = [
+        [r.env, r.group, fmt(r.seconds), ci_text(r.point, r.lo, r.hi), fmt(r.steps), r.n]
+        for r in a.equal_time.itertuples()
+    ]
+    headers = ["env", "group", "t* (s)", f"{metric_name} return at t* [95% CI]",
+               "env steps by t*", "runs"]  # fmt: skip
+    doc.add(md_table(headers, rows) + "\n")
 
 
 def aggregate_section(doc: Doc, a: Analysis, out: Path, figs: Path, log: Log) -> None:

@@ -45,6 +45,7 @@ def _tables(a: Analysis) -> dict[str, pd.DataFrame | None]:
             [a.curves_step.assign(x_kind="env_steps"), a.curves_wall.assign(x_kind="seconds")],
             ignore_index=True,
         ),
+        "equal_time.csv": a.equal_time,
         "kl_ratio.csv": a.kl_ratio,
         "fidelity.csv": a.fidelity,
     }

@@ -278,3 +278,17 @@ def test_fidelity_references_and_factor_sets_are_kept_apart(tmp_path: Path):
     summary = compute(load_sweep(root), reps=REPS).fidelity
     assert len(summary) == 8 and set(summary["n"]) == {1}
     assert "| paper | eigen | network | sampled-fisher | running-10 | 0.4 |" in text
+
+
+def test_equal_wall_clock_table(main_report: Path):
+    # synthetic runs: 10_000 steps at 1000 (paper), 800 (baselines), 2000 (a2c) steps/s, so the
+    # fastest group's median finish is t* = 5 s, when paper has done 5000 steps, baselines 4000
+    table = pd.read_csv(main_report.parent / "equal_time.csv")
+    cart = table[table["env"] == "CartPole-v1"].set_index("group")
+    assert (table["seconds"] == 5.0).all()
+    assert cart.loc["paper", "steps"] == 5000 and cart.loc["baselines", "steps"] == 4000
+    assert cart.loc["a2c", "steps"] == 10_000
+    # paper at 5 s: the trailing mean of 20 episodes ending at step 5000 of a return rising as
+    # 22 + 478·0.9·1.5·step/10_000 (+ seed noise): episodes at steps 4050..5000, mean step 4525
+    assert cart.loc["paper", "point"] == pytest.approx(22 + 478 * 0.9 * 1.5 * 0.4525, abs=6)
+    assert "### At equal wall-clock time" in main_report.read_text()
