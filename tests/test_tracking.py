@@ -99,7 +99,7 @@ def test_every_update_column_has_a_tag():
 
 
 def test_scalars_skip_empty_cells_and_step():
-    row = {"step": 64, "wall_time": 0.5, "nu": None, "kl": 0.25, "diag/fc/A_trace": 2.0}
+    row = {"step": 64, "wall_time": 0.5, "nu": None, "kl": 0.25, "diag/fc/A_trace": 2.0, "x": 1}
     assert tracking.scalars(row, None) == {
         "charts/wall_time": 0.5,
         "kfac/kl": 0.25,

@@ -79,15 +79,20 @@ def update_tag(column: str) -> str:
 
 
 def scalars(row: dict[str, Any], tags: dict[str, str] | None) -> dict[str, float]:
-    """``{tag: value}`` for the numeric, non-empty cells of one CSV row (``step`` excluded)."""
+    """``{tag: value}`` for the numeric, non-empty cells of one CSV row (``step`` excluded).
+
+    ``tags`` None: an updates.csv row (:data:`UPDATE_TAGS` and the ``diag/`` columns; a key the
+    CSV has no column for is not logged either, as ``store.CsvLog`` drops it)."""
     out: dict[str, float] = {}
     for column, value in row.items():
         if column == "step" or value is None or isinstance(value, (str, bool)):
             continue
         if tags is None:
-            out[update_tag(column)] = float(value)
-        elif column in tags:
-            out[tags[column]] = float(value)
+            tag = UPDATE_TAGS.get(column) or (column if column.startswith("diag/") else None)
+        else:
+            tag = tags.get(column)
+        if tag is not None:
+            out[tag] = float(value)
     return out
 
 
