@@ -433,3 +433,18 @@ def test_sweep_with_wandb_missing_is_one_problem_line(tmp_path, monkeypatch):
     assert len(problems) == 2  # one per (env, label), each one line
     assert all("log.wandb=offline needs the wandb package" in p for p in problems)
     assert not (tmp_path / "tb").exists()
+
+
+def test_a_failing_wandb_init_is_one_line(tmp_path, monkeypatch):
+    wandb = pytest.importorskip("wandb")
+    from kfac_bench.tracking.wandb_log import WandbInitError
+
+    def refuse(**kwargs):
+        raise wandb.errors.CommError("network is unreachable\n  more detail")
+
+    monkeypatch.setattr(wandb, "init", refuse)
+    run_dir = tmp_path / "run"
+    with pytest.raises(WandbInitError) as info:
+        train(config(log__wandb="offline"), run_dir)
+    assert str(info.value) == "log.wandb=offline: wandb.init failed: network is unreachable"
+    assert store.read_status(run_dir).state.value == "failed"  # recorded, as any failure

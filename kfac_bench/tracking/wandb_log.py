@@ -31,6 +31,10 @@ def run_id(run_dir: Path) -> str:
     return "kb-" + hashlib.sha1(str(Path(run_dir).absolute()).encode()).hexdigest()[:20]
 
 
+class WandbInitError(ValueError):
+    """wandb.init failed (bad key, no network for online, ...): one line for the CLI (exit 2)."""
+
+
 class WandbLog:
     """One session of the run's W&B run; see the module docstring for what is sent when."""
 
@@ -59,7 +63,7 @@ class WandbLog:
             )
         except Exception as error:  # wandb raises its own types; keep the user's one line
             first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-            raise RuntimeError(f"log.wandb={mode}: wandb.init failed: {first}") from error
+            raise WandbInitError(f"log.wandb={mode}: wandb.init failed: {first}") from error
         self.run.define_metric(STEP_KEY)
         self.run.define_metric("*", step_metric=STEP_KEY)
         self.pending: list[tuple[int, dict[str, float]]] = []
