@@ -302,12 +302,13 @@ def _check_outputs(out: Path, env: str, batch: int) -> list[dict[str, str]]:
         assert (out / png).stat().st_size > 1000
     measured = [r for r in rows if r["variant"] in variants.names()]
     assert {r["variant"] for r in measured} == set(variants.names())
-    assert {r["damping_mode"] for r in measured} == {"eigen", "tikhonov", "tikhonov-pi"}
+    assert {r["damping_mode"] for r in measured} == {"eigen", "tikhonov", "tikhonov-pi", "ekfac"}
+    assert {r["fisher_type"] for r in measured} == {"sampled"}  # the default
     assert all(r["env"] == env and int(r["batch"]) == batch for r in rows)
     cosines = [float(r["cosine"]) for r in rows]
     assert all(-1.0 <= c <= 1.0 for c in cosines)
     networks = [r for r in measured if r["layer"] == "network"]
-    assert len(networks) == 5 * 3 * 2  # variants × damping modes × references
+    assert len(networks) == 5 * 4 * 2  # variants × damping modes × references
     assert {r["reference"] for r in rows} == {"true-fisher", "sampled-fisher"}
     return rows
 

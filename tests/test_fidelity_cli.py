@@ -78,12 +78,36 @@ def test_names_given_twice_or_unknown_are_one_line(tmp_path, capsys, monkeypatch
         (["--references", "true-fisher", "true-fisher"], "--references: true-fisher given more"),
         (["--variants", "paper", "paper"], "--variants: paper given more than once"),
         (["--references", "exact"], "unknown reference 'exact'; choose from true-fisher, sampled"),
-        (["--damping-modes", "ekfac"], "unknown damping mode 'ekfac'; choose from eigen, tikhonov"),
+        (
+            ["--damping-modes", "kfac"],
+            "unknown damping mode 'kfac'; choose from eigen, tikhonov, tikhonov-pi, ekfac",
+        ),
     ]
     for extra, needle in cases:
         rc, err, _ = kfac(capsys, monkeypatch, *TINY, "--out", tmp_path / "x", *extra)
         assert rc == 2
         one_error(err, needle)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("value", "needle"),
+    [
+        (
+            "sampled,fisher",
+            "--fisher-types: unknown fisher type 'fisher'; choose from sampled, empirical",
+        ),
+        ("true", "--fisher-types: unknown fisher type 'true'; choose from sampled, empirical"),
+        ("", "--fisher-types: unknown fisher type ''; choose from sampled, empirical"),
+        ("empirical,empirical", "--fisher-types: empirical given more than once"),
+    ],
+)
+def test_bad_fisher_types_are_one_line(tmp_path, capsys, monkeypatch, value, needle):
+    out = tmp_path / "fid"
+    rc, err, stdout = kfac(capsys, monkeypatch, *TINY, "--out", out, f"--fisher-types={value}")
+    assert rc == 2
+    one_error(err, needle)
+    assert "fidelity:" not in stdout  # refused before anything ran
     assert list(tmp_path.iterdir()) == []
 
 
@@ -179,7 +203,9 @@ def test_reference_and_factors_columns_end_to_end(tmp_path, capsys, monkeypatch)
     measured = [r for r in rows if r["damping_mode"] != "exact"]
     assert {r["factors"] for r in measured} == {"batch", "running-3"}
     network = [r for r in measured if r["layer"] == "network"]
-    assert len(network) == 2 * 3 * 2 * 2  # variants × damping modes × references × factor sets
+    assert len(network) == 2 * 4 * 2 * 2  # variants × damping modes × references × factor sets
+    assert {r["fisher_type"] for r in measured} == {"sampled"}
+    assert {r["damping_mode"] for r in measured} == {"eigen", "tikhonov", "tikhonov-pi", "ekfac"}
     rules = {(r["variant"], r["running_init"]) for r in measured if r["factors"] == "running-3"}
     assert rules == {("paper", "first"), ("kfac-pytorch", "identity")}
     assert {r["stats_decay"] for r in measured if r["factors"] == "running-3"} == {
@@ -193,5 +219,6 @@ def test_reference_and_factors_columns_end_to_end(tmp_path, capsys, monkeypatch)
         ("true-fisher", "sampled-fisher"),
     }
     assert all(r["factors"] == "" for r in rows if r["damping_mode"] == "exact")
+    assert all(r["fisher_type"] == "" for r in rows if r["damping_mode"] == "exact")
     for r in rows:
         assert -1.0 <= float(r["cosine"]) <= 1.0

@@ -15,11 +15,17 @@ Block of one layer in M order (``layout.py``; row-major vec, so ``kron(G, A) vec
 
 Preconditioning mirrors ``curvature/optimizer.py`` ``_Layer.precondition``: one
 ``invert_pair(A, G)`` on M = [∇W | ∇b] when homogeneous, else the weights with (A, G) and the bias
-with ([1], bias_G), under the row's ``KfacConfig`` (``damping_mode``, λ, τ).
+with ([1], bias_G), under the row's ``KfacConfig`` (``damping_mode``, λ, τ). Under ``ekfac`` the
+block's :class:`~kfac_bench.fidelity.eigenbasis.EkfacBlock` (same bases, s from the pass) is used.
+
+Fisher type (``fisher_type`` column): ``sampled`` captures the trainer's Fisher loss (sampled
+actions and value noise); ``empirical`` passes another batch-mean loss, the training loss's data
+terms (``batch.empirical_loss``, as ``kfac.fisher_type = "empirical"`` in ``AcktrRule.update``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -28,27 +34,37 @@ from kfac_bench.config import KfacConfig
 from kfac_bench.curvature.capture import LayerCapture
 from kfac_bench.curvature.factors import Factors, FactorStrategy
 from kfac_bench.curvature.inverse import invert_pair
+from kfac_bench.fidelity.eigenbasis import EKFAC, EkfacBlock, batch_ekfac
 from kfac_bench.fidelity.exact import FisherProblem, fisher_terms
 from kfac_bench.fidelity.layout import LayerSlot
 
 LayerBatches = dict[str, tuple[torch.Tensor, torch.Tensor]]
+# (logits (B, A), values (B,)) -> the batch-mean loss whose per-example terms build the factors
+FisherLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def capture_layer_batches(problem: FisherProblem) -> LayerBatches:
-    """{layer: (layer_input, grad_output)} from one Fisher pass: forward, d mean(ℓ)/d outputs."""
+def sampled_loss(problem: FisherProblem) -> FisherLoss:
+    """The trainer's Fisher loss on ``problem``'s sampled actions and noise: mean_n ℓ_n."""
+
+    def loss(logits: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        p = problem
+        terms = fisher_terms(logits, values, p.actions, p.noise, p.vf_fisher_coef, p.include_value)
+        return terms.mean()
+
+    return loss
+
+
+def capture_layer_batches(problem: FisherProblem, loss: FisherLoss | None = None) -> LayerBatches:
+    """{layer: (layer_input, grad_output)} from one pass: forward, d loss/d outputs.
+
+    ``loss``: the batch-mean loss of the pass (default :func:`sampled_loss`, the Fisher pass)."""
     modules = {slot.name: slot.module for slot in problem.slots}
     capture = LayerCapture(modules)
+    loss_fn = sampled_loss(problem) if loss is None else loss
     try:
         with capture.recording():
             logits, values = problem.policy(problem.obs)
-            loss = fisher_terms(
-                logits,
-                values,
-                problem.actions,
-                problem.noise,
-                problem.vf_fisher_coef,
-                problem.include_value,
-            ).mean()
+            loss = loss_fn(logits, values)
             grads = capture.output_gradients(loss)
             return {name: (capture.inputs[name], grads[name].detach()) for name in modules}
     finally:
@@ -71,6 +87,7 @@ class KfacBlock:
 
     slot: LayerSlot
     factors: Factors
+    ekfac: EkfacBlock | None = None  # the same bases with s (ekfac rows)
 
     def __post_init__(self) -> None:
         a_dim = self.factors.A.shape[0]
@@ -116,6 +133,11 @@ class KfacBlock:
     def precondition(self, grad_slice: torch.Tensor, config: KfacConfig) -> Preconditioned:
         """F̃_l⁻¹ g_l under ``config`` (as ``_Layer.precondition``); g_l (C_out·cols,)."""
         s = self.slot
+        if config.damping_mode == EKFAC:
+            if self.ekfac is None:
+                raise ValueError(f"layer {s.name!r}: no EKFAC scaling for this factor set")
+            delta = self.ekfac.precondition(grad_slice, config.damping)
+            return Preconditioned(delta, 0, 0, 0 if self.split_bias else None)
         m = s.matrix(grad_slice)
         weights = invert_pair(self.factors.A, self.factors.G, config, s.name)
         a_clip, g_clip = (int(x) for x in weights.diagnostics[4:6].tolist())
@@ -128,7 +150,18 @@ class KfacBlock:
 
 
 def variant_blocks(
-    strategy: FactorStrategy, slots: list[LayerSlot], batches: LayerBatches
+    strategy: FactorStrategy,
+    slots: list[LayerSlot],
+    batches: LayerBatches,
+    ekfac: KfacConfig | None = None,
 ) -> list[KfacBlock]:
-    """One batch's factors of every layer under ``strategy`` (no averaging)."""
-    return [KfacBlock(slot, strategy.factors(slot.module, *batches[slot.name])) for slot in slots]
+    """One batch's factors of every layer under ``strategy`` (no averaging); with ``ekfac`` (the
+    run's ``KfacConfig``) also each layer's EKFAC block on that batch (``eigenbasis.batch_ekfac``)."""
+    blocks = []
+    for slot in slots:
+        factors = strategy.factors(slot.module, *batches[slot.name])
+        extra = None
+        if ekfac is not None:
+            extra = batch_ekfac(slot, slot.module, factors, *batches[slot.name], ekfac)
+        blocks.append(KfacBlock(slot, factors, extra))
+    return blocks

@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 
 from kfac_bench.fidelity.command import DEFAULT_BATCH, Request, fidelity
-from kfac_bench.fidelity.compare import DAMPING_MODES, REFERENCES
+from kfac_bench.fidelity.compare import DAMPING_MODES, FISHER_TYPES, REFERENCES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -111,6 +111,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"exact references to measure against (default: {' '.join(REFERENCES)})",
     )
     parser.add_argument(
+        "--fisher-types",
+        default="sampled",
+        metavar="TYPES",
+        help=f"comma-separated passes the K-FAC side is built from: {', '.join(FISHER_TYPES)} "
+        "(sampled: the trainer's Fisher loss; empirical: the training loss's per-example "
+        "gradients, kfac.fisher_type); the references do not change (default sampled)",
+    )
+    parser.add_argument(
         "--running-updates",
         type=int,
         default=0,
@@ -146,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
         figure=not args.no_figure,
         references=tuple(args.references),
         running_updates=args.running_updates,
+        fisher_types=tuple(t.strip() for t in args.fisher_types.split(",")),
     )
     fidelity(request, log=lambda message: print(f"fidelity: {message}", flush=True))
     return 0

@@ -14,7 +14,8 @@ The gradient g that all directions precondition is the trainer's training-loss g
 batch (``rl/trainer.py`` ``Trainer.update``): −mean(Â·log π(a)) + vf_coef·value_loss − ent_coef·H,
 with the config's returns (n-step bootstrap, or GAE when ``rollout.gae_lambda`` is set; truncated
 episodes bootstrapped from V(final_obs)) and advantage normalisation, restricted to the
-parameters K-FAC preconditions.
+parameters K-FAC preconditions. The empirical Fisher pass (``kfac.fisher_type = "empirical"``,
+:func:`empirical_loss`) back-propagates that loss's data terms on the same batch.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from kfac_bench.fidelity.exact import FisherProblem
 from kfac_bench.fidelity.layout import LayerSlot, build_slots, flatten
 from kfac_bench.presets import build_config
 from kfac_bench.rl.envs import VecEnv
+from kfac_bench.rl.losses import empirical_fisher_loss
 from kfac_bench.rl.policies import ActorCritic, build_policy
 from kfac_bench.rl.returns import gae_advantages, nstep_returns
 from kfac_bench.rl.trainer import training_loss as trainer_loss
@@ -192,6 +194,24 @@ def training_gradient(
     return flatten(slots, dict(zip(keys, grads)))
 
 
+def empirical_loss(rollout: Rollout, config: RunConfig):
+    """(logits, values) -> the empirical Fisher pass's batch-mean loss on ``rollout``.
+
+    As ``AcktrRule.update`` under ``kfac.fisher_type = "empirical"`` (``rl/update_rules.py``):
+    ``rl/losses.py`` ``empirical_fisher_loss`` of the training loss's terms (normalised advantages
+    held fixed), −mean(Â·log π(a)) + vf_coef·value_loss, the value term only with a shared critic;
+    its per-example terms are ℓ_n = −Â_n log π(a_n|s_n) + vf_coef·(v_n − R_n)² (entropy excluded).
+    """
+    shared = config.optim.critic == "shared"
+
+    def loss(logits: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        r = rollout
+        terms = trainer_loss(logits, values, r.actions, r.advantages, r.returns, config)
+        return empirical_fisher_loss(terms, config, shared)
+
+    return loss
+
+
 def fisher_problem(policy: nn.Module, rollout: Rollout, config: RunConfig) -> FisherProblem:
     """The comparison's batch: same observations, sampled actions and ε for both sides."""
     return FisherProblem(
@@ -212,6 +232,7 @@ __all__ = [
     "build_measured_policy",
     "checkpoint_path",
     "collect",
+    "empirical_loss",
     "fisher_problem",
     "load_source",
     "training_gradient",

@@ -24,11 +24,19 @@ from kfac_bench.fidelity.batch import (
     Rollouts,
     Source,
     build_measured_policy,
+    empirical_loss,
     fisher_problem,
     load_source,
     training_gradient,
 )
-from kfac_bench.fidelity.compare import DAMPING_MODES, REFERENCES, Settings, measure
+from kfac_bench.fidelity.compare import (
+    DAMPING_MODES,
+    FISHER_TYPES,
+    REFERENCES,
+    Settings,
+    measure,
+)
+from kfac_bench.fidelity.eigenbasis import EKFAC
 from kfac_bench.fidelity.output import check_writable, csv_bytes, figure_files, write_outputs
 from kfac_bench.fidelity.running import running_factor_set
 from kfac_bench.rl.envs import env_family, make_env
@@ -63,6 +71,7 @@ class Request:
     figure: bool = True
     references: tuple[str, ...] = REFERENCES
     running_updates: int = 0  # K > 0: also the running factors after K Fisher batches
+    fisher_types: tuple[str, ...] = ("sampled",)  # the passes the K-FAC side is built from
 
 
 # Request field -> (flag, domain); None values mean "the default" and are not checked.
@@ -98,7 +107,19 @@ def validate(request: Request) -> None:
             raise ValueError(f"unknown reference {name!r}; choose from {', '.join(REFERENCES)}")
     if not request.references:
         raise ValueError(f"give at least one reference ({', '.join(REFERENCES)})")
-    for flag, names in (("--references", request.references), ("--variants", request.variants)):
+    for kind in request.fisher_types:
+        if kind not in FISHER_TYPES:
+            raise ValueError(
+                f"--fisher-types: unknown fisher type {kind!r}; choose from {', '.join(FISHER_TYPES)}"
+            )
+    if not request.fisher_types:
+        raise ValueError(f"--fisher-types: give at least one of {', '.join(FISHER_TYPES)}")
+    named = (
+        ("--references", request.references),
+        ("--variants", request.variants),
+        ("--fisher-types", request.fisher_types),
+    )
+    for flag, names in named:
         twice = sorted({n for n in names or () if list(names).count(n) > 1})
         if twice:
             raise ValueError(f"{flag}: {', '.join(twice)} given more than once")
@@ -158,6 +179,7 @@ def _fidelity(
         dampings=tuple(request.dampings or (kfac.damping,)),
         eigen_clip=kfac.eigen_clip if request.eigen_clip is None else request.eigen_clip,
         references=tuple(request.references),
+        fisher_types=tuple(request.fisher_types),
         probes=request.probes,
         min_probes=min(8, request.probes),
         cg_max_iter=request.cg_iters,
@@ -174,19 +196,34 @@ def _fidelity(
         say(f"{config.env}: {source.label} policy ({policy.arch}), batch {batch}, device {device}")
         rollout = Rollouts(policy, env, config, request.seed).next(batch)
         older = Rollouts(policy, env, config, request.seed + 1) if k > 1 else None
-        history = [fisher_problem(policy, older.next(batch), config) for _ in range(k - 1)]
+        history = [older.next(batch) for _ in range(k - 1)]
     finally:
         env.close()
     problem = fisher_problem(policy, rollout, config)
+    problems = [*(fisher_problem(policy, r, config) for r in history), problem]
     g = training_gradient(policy, problem.slots, rollout, config)
     say(
         f"[{time.monotonic() - start:6.1f}s] collected {batch} observations"
         + (f" (+ {k - 1} older batches for the running factors)" if k > 1 else "")
     )
-    extra = ()
-    if k > 0:
-        extra = (running_factor_set(settings.variants, [*history, problem], kfac),)
-    rows = measure(problem, g, kfac, settings, log=say, started=start, extra_factors=extra)
+    extra = []
+    ekfac = EKFAC in settings.damping_modes
+    for kind in settings.fisher_types if k > 0 else ():
+        losses = None
+        if kind == "empirical":
+            losses = [empirical_loss(r, config) for r in [*history, rollout]]
+        names = settings.variants
+        extra.append(running_factor_set(names, problems, kfac, losses, kind, ekfac))
+    rows = measure(
+        problem,
+        g,
+        kfac,
+        settings,
+        log=say,
+        started=start,
+        extra_factors=tuple(extra),
+        empirical_loss=empirical_loss(rollout, config),
+    )
 
     context = {
         "env": config.env,

@@ -11,9 +11,11 @@ actions and noise). For each reference and each λ of the grid, computed once:
 λ_ref is the damping the variant's preconditioner adds to its own curvature
 (:func:`~kfac_bench.fidelity.rows.reference_damping`).
 
-Variant direction: d_l = F̃_l⁻¹ g_l per layer (``approx.py``), d = (d_l)_l, from each *factor set*:
-``batch`` (this batch's factors) and, in running mode, ``running-K`` (the trainer's running
-averages after K Fisher batches, ``running.py``). Rows are one per reference × factor set ×
+Variant direction: d_l = F̃_l⁻¹ g_l per layer (``approx.py``; ``ekfac``: Q diag(s + λ)⁻¹ Qᵀ g_l in
+the Kronecker eigenbasis, ``eigenbasis.py``), d = (d_l)_l, from each *factor set*: ``batch`` (this
+batch's factors) and, in running mode, ``running-K`` (the trainer's running averages after K
+Fisher batches, ``running.py``), each per Fisher type (``fisher_type``: ``sampled``, the trainer's
+Fisher pass, or ``empirical``, the training loss's data terms; the references do not change). Rows are one per reference × factor set ×
 variant × damping_mode × λ × layer plus ``layer = "network"``; with ``reference`` extra rows per
 reference and λ compare the exact block-diagonal direction with d* (variant
 ``exact-block-diagonal``: the ceiling of any block-diagonal method on this batch) and, against
@@ -34,7 +36,8 @@ import torch
 import variants
 from kfac_bench.config import KfacConfig
 from kfac_bench.curvature.inverse import FactorInverseError
-from kfac_bench.fidelity.approx import capture_layer_batches, variant_blocks
+from kfac_bench.fidelity.approx import FisherLoss, capture_layer_batches, variant_blocks
+from kfac_bench.fidelity.eigenbasis import EKFAC
 from kfac_bench.fidelity.exact import FisherProblem, conjugate_gradient
 from kfac_bench.fidelity.metrics import rademacher
 from kfac_bench.fidelity.references import (
@@ -58,7 +61,8 @@ from kfac_bench.fidelity.rows import (
     variant_rows,
 )
 
-DAMPING_MODES = ("eigen", "tikhonov", "tikhonov-pi")
+DAMPING_MODES = ("eigen", "tikhonov", "tikhonov-pi", EKFAC)
+FISHER_TYPES = ("sampled", "empirical")
 BATCH_FACTORS = "batch"
 
 Log = Callable[[str], None]
@@ -73,6 +77,7 @@ class Settings:
     dampings: tuple[float, ...] = (0.01,)
     eigen_clip: float = 1e-6
     references: tuple[str, ...] = REFERENCES
+    fisher_types: tuple[str, ...] = ("sampled",)
     probes: int = 64
     min_probes: int = 8
     dense_limit: int = 4_000_000  # entries: blocks up to this size are formed densely
@@ -172,6 +177,7 @@ def measure(
     log: Log | None = None,
     started: float | None = None,
     extra_factors: tuple[FactorSet, ...] = (),
+    empirical_loss: FisherLoss | None = None,
 ) -> list[dict[str, Any]]:
     """All comparison rows for one batch (see the module docstring).
 
@@ -179,6 +185,8 @@ def measure(
     gradient in M order; ``base_config`` the run's ``KfacConfig`` (``factor_damping`` is kept).
     ``started``: the ``time.monotonic()`` the budget counts from (default: now).
     ``extra_factors``: factor sets besides this batch's own (``running.running_factor_set``).
+    ``empirical_loss``: the empirical Fisher pass's loss (``batch.empirical_loss``), needed when
+    ``settings.fisher_types`` has ``empirical``.
     """
     clock = Clock(settings.budget_s, started)
 
@@ -194,13 +202,21 @@ def measure(
     for name in settings.references:
         if name not in REFERENCES:
             raise ValueError(f"unknown reference {name!r}; choose from {', '.join(REFERENCES)}")
+    for kind in settings.fisher_types:
+        if kind not in FISHER_TYPES:
+            raise ValueError(f"unknown fisher type {kind!r}; choose from {', '.join(FISHER_TYPES)}")
+    if "empirical" in settings.fisher_types and empirical_loss is None:
+        raise ValueError("fisher type 'empirical' needs the empirical Fisher pass's loss")
     strategies = {name: variants.get(name) for name in settings.variants}
-    batches = capture_layer_batches(problem)
-    batch_set = FactorSet(
-        BATCH_FACTORS,
-        {name: variant_blocks(s, problem.slots, batches) for name, s in strategies.items()},
-    )
-    factor_sets = [batch_set, *extra_factors]
+    ekfac = base_config if EKFAC in settings.damping_modes else None
+    factor_sets = []
+    for kind in settings.fisher_types:
+        batches = capture_layer_batches(problem, empirical_loss if kind == "empirical" else None)
+        blocks = {
+            n: variant_blocks(s, problem.slots, batches, ekfac) for n, s in strategies.items()
+        }
+        factor_sets.append(FactorSet(BATCH_FACTORS, blocks, fisher_type=kind))
+    factor_sets.extend(extra_factors)
 
     configs = [
         row_config(base_config, mode, lam, settings.eigen_clip)
@@ -227,9 +243,21 @@ def measure(
     rows: list[dict[str, Any]] = []
     for factors in factor_sets:
         for name, blocks in factors.blocks.items():
-            errors = [kfac_block_errors(blocks, r, probes) for r in references]
+            kinds = {c.damping_mode == EKFAC for c in configs}
+            # block errors of A ⊗ G, and of Q diag(s) Qᵀ for the ekfac rows (eigenbasis.py)
+            by_kind = {
+                is_ekfac: [
+                    kfac_block_errors([b.ekfac for b in blocks] if is_ekfac else blocks, r, probes)
+                    for r in references
+                ]
+                for is_ekfac in kinds
+            }
             for config in configs:
-                label = f"{name} [{factors.label}] {config.damping_mode} λ={config.damping:g}"
+                errors = by_kind[config.damping_mode == EKFAC]
+                label = (
+                    f"{name} [{factors.label}, {factors.fisher_type}] {config.damping_mode} "
+                    f"λ={config.damping:g}"
+                )
                 try:
                     directions = precondition_all(blocks, g, config)
                 except FactorInverseError as error:
@@ -274,6 +302,7 @@ def _exact_rows(references: list[Reference], settings: Settings, say: Log) -> li
 __all__ = [
     "BATCH_FACTORS",
     "DAMPING_MODES",
+    "FISHER_TYPES",
     "NETWORK",
     "REFERENCES",
     "REFERENCE_VARIANT",

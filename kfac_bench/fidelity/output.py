@@ -5,14 +5,15 @@ Columns (``COLUMNS``; blank = not applicable):
 
 - run context: env, checkpoint (run directory or ``initial``), step, seed, batch
 - row key: reference (``true-fisher`` | ``sampled-fisher``: the exact F the row is measured
-  against), factors (``batch`` | ``running-K``; blank on the exact rows), variant (a registered
+  against), factors (``batch`` | ``running-K``; blank on the exact rows), fisher_type (``sampled``
+  | ``empirical``: the pass the K-FAC side is built from; blank on the exact rows), variant (a registered
   variant, or ``exact-block-diagonal`` / ``sampled-fisher`` with damping_mode ``exact``),
   damping_mode, damping (λ of ``KfacConfig``), reference_damping (λ_ref of the exact
   (F + λ_ref I)⁻¹), eigen_clip (τ; acts in ``eigen`` mode only), running_init and stats_decay
   (the running average's start rule and decay; ``running-K`` rows only), layer (K-FAC layer name
   or ``network``), params
-- approximation: block_rel_error = ‖F − F̃‖_F/‖F‖_F (network: block-diagonal F̃ against the full F),
-  block_error_se, block_error_method (dense | probes), block_error_probes
+- approximation: block_rel_error = ‖F − F̃‖_F/‖F‖_F (network: block-diagonal F̃ against the full F;
+  ekfac rows: F̃ = Q diag(s) Qᵀ in the Kronecker eigenbasis Q, ``eigenbasis.py``), block_error_se, block_error_method (dense | probes), block_error_probes
 - direction: cosine, norm_ratio (‖d‖/‖d*‖), kl_exact_direction (½ d*ᵀFd*), kl_variant_direction
   (½ dᵀFd), kl_kfac_model (½⟨d, g⟩: the KL the trust region assumes)
 - clipping: A_clipped, G_clipped (eigenvalues ≤ τ zeroed), bias_G_clipped (split bias), A_dim, G_dim
@@ -42,6 +43,7 @@ COLUMNS = [
     "batch",
     "reference",
     "factors",
+    "fisher_type",
     "variant",
     "damping_mode",
     "damping",
@@ -97,11 +99,13 @@ def csv_bytes(rows: list[dict[str, Any]]) -> bytes:
 
 
 def _label(row: dict[str, Any]) -> str:
-    """Heatmap row label: the variant, with its factor set unless it is this batch's."""
-    factors = row.get("factors")
-    if row["damping_mode"] == EXACT_MODE or factors in (None, "", "batch"):
+    """Heatmap row label: the variant, with its factor set unless it is this batch's and its
+    Fisher type unless sampled."""
+    if row["damping_mode"] == EXACT_MODE:
         return row["variant"]
-    return f"{row['variant']} [{factors}]"
+    tags = [row.get("factors"), row.get("fisher_type")]
+    tags = [t for t in tags if t not in (None, "", "batch", "sampled")]
+    return f"{row['variant']} [{', '.join(tags)}]" if tags else row["variant"]
 
 
 def cosine_figure(rows: list[dict[str, Any]], title: str):

@@ -15,6 +15,7 @@ import torch
 
 from kfac_bench.config import KfacConfig
 from kfac_bench.fidelity.approx import KfacBlock, Preconditioned
+from kfac_bench.fidelity.eigenbasis import EkfacBlock
 from kfac_bench.fidelity.metrics import (
     BlockError,
     dense_relative_error,
@@ -33,12 +34,14 @@ EXACT_MODE = "exact"
 class FactorSet:
     """The factors a group of rows is measured with: ``label`` is the ``factors`` column
     (``batch`` | ``running-K``); ``blocks[variant]`` the layer blocks; ``rules[variant]`` the
-    running average's start rule (running sets only) and ``decay`` its stats decay."""
+    running average's start rule (running sets only) and ``decay`` its stats decay;
+    ``fisher_type`` the pass the factors come from (``sampled`` | ``empirical``)."""
 
     label: str
     blocks: dict[str, list[KfacBlock]]
     rules: dict[str, str] | None = None
     decay: float | None = None
+    fisher_type: str = "sampled"
 
 
 def reference_damping(config: KfacConfig) -> float:
@@ -53,9 +56,12 @@ def reference_damping(config: KfacConfig) -> float:
 
 
 def kfac_block_errors(
-    blocks: list[KfacBlock], reference: Reference, probes: torch.Tensor | None
+    blocks: list[KfacBlock] | list[EkfacBlock], reference: Reference, probes: torch.Tensor | None
 ) -> dict[str, BlockError]:
-    """Relative Frobenius error of every layer block and of the block-diagonal whole."""
+    """Relative Frobenius error of every layer block and of the block-diagonal whole.
+
+    ``blocks``: the Kronecker blocks (``approx.KfacBlock``) or, for ekfac rows, the EKFAC blocks
+    Q diag(s) Qᵀ (``eigenbasis.EkfacBlock``: the error in the Kronecker eigenbasis)."""
     errors: dict[str, BlockError] = {}
     approx_parts = []
     for block in blocks:
@@ -129,6 +135,7 @@ def _head(reference: str, factors: FactorSet, name: str, config: KfacConfig) -> 
     head = {
         "reference": reference,
         "factors": factors.label,
+        "fisher_type": factors.fisher_type,
         "variant": name,
         "damping_mode": config.damping_mode,
         "damping": config.damping,
