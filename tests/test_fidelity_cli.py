@@ -222,3 +222,18 @@ def test_reference_and_factors_columns_end_to_end(tmp_path, capsys, monkeypatch)
     assert all(r["fisher_type"] == "" for r in rows if r["damping_mode"] == "exact")
     for r in rows:
         assert -1.0 <= float(r["cosine"]) <= 1.0
+
+
+def test_fisher_types_end_to_end(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "fid"
+    argv = [*TINY, "--variants", "paper", "--damping-modes", "eigen", "ekfac", "--out", out]
+    rc, err, _ = kfac(capsys, monkeypatch, *argv, "--fisher-types", "sampled,empirical")
+    assert rc == 0, err
+    rows = _read(out / "fidelity.csv")
+    measured = [r for r in rows if r["damping_mode"] != "exact"]
+    network = [r for r in measured if r["layer"] == "network"]
+    assert len(network) == 2 * 2 * 2  # fisher types × damping modes × references
+    cos = {(r["reference"], r["fisher_type"], r["damping_mode"]): r["cosine"] for r in network}
+    for reference in ("true-fisher", "sampled-fisher"):
+        for mode in ("eigen", "ekfac"):
+            assert cos[reference, "sampled", mode] != cos[reference, "empirical", mode]

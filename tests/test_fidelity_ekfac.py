@@ -384,3 +384,34 @@ def test_running_ekfac_is_the_trainers_fold(inverse_every):
     # the policy was not moved by the trainer's steps on zero gradients
     for p, before in zip(problems[0].policy.parameters(), params):
         assert torch.equal(p, before) and p.grad is None
+
+
+def test_running_empirical_folds_the_empirical_passes():
+    """``running-2`` from empirical passes: G is the decay blend of the per-batch G's built by hand
+    from the training-loss terms ℓ_n = −Â_n log π(a_n|s_n) + vf_coef (v_n − R_n)² (no
+    normalisation here), and differs from the sampled running G."""
+    problems = more_batches(tiny(8, batch=5), 2, seed=8)
+    decay = 0.9
+    config = dataclasses.replace(F64, stats_decay=decay, running_init="first")
+    rollouts, losses, g_k = [], [], []
+    for k, p in enumerate(problems):
+        rollout, run = training_batch(p, 20 + k)
+        run = dataclasses.replace(
+            run, rollout=dataclasses.replace(run.rollout, normalize_advantages=False)
+        )
+        rollouts.append(rollout)
+        losses.append(empirical_loss(rollout, run))
+
+        def term(n, logits, value, r=rollout, p=p):
+            log_pi = F.log_softmax(logits[0], -1)[p.actions[n]]
+            return -r.advantages[n] * log_pi + 0.7 * (value[0] - r.returns[n]) ** 2
+
+        g_k.append({s.name: [ex[s.name][1] for ex in per_example(p, term)] for s in p.slots})
+    empirical, _ = running_blocks(variants.get("paper"), problems, config, losses)
+    sampled, _ = running_blocks(variants.get("paper"), problems, config)
+    for i, slot in enumerate(problems[0].slots):
+        per_batch = [sum(torch.outer(g, g) for g in b[slot.name]) / 5 for b in g_k]
+        want = decay * per_batch[0] + (1 - decay) * per_batch[1]
+        torch.testing.assert_close(empirical[i].factors.G, want, rtol=1e-10, atol=1e-13)
+        torch.testing.assert_close(empirical[i].factors.A, sampled[i].factors.A)
+        assert float((sampled[i].factors.G - want).norm()) > 1e-3 * float(want.norm())
