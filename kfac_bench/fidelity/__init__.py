@@ -20,12 +20,19 @@ Measured:
   preconditioned gradient: cosine, norm ratio, predicted KL ½ dᵀ F d of both directions;
 - eigenvalue clipping: eigen-directions zeroed per factor at τ (``invert_pair`` diagnostics).
 
+Damping modes: ``eigen``, ``tikhonov``, ``tikhonov-pi`` (``invert_pair``) and ``ekfac`` (George et
+al. 2018: the variant's Kronecker eigenbases with the diagonal s of the per-example Fisher-loss
+gradients in that basis, ``eigenbasis.py``; its block error is that of Q diag(s) Qᵀ). Fisher type
+(``fisher_type`` column): the K-FAC side is built from the trainer's sampled Fisher pass or from
+the empirical one (per-example gradients of the training loss); the references stay the same.
+
 Modules: ``layout`` (M-order parameter vector), ``exact`` (F's row model, products), ``expected``
 (the true Fisher's rows), ``solvers`` (CG, row-space solve), ``references`` (one reference's
-solves and probes), ``approx`` (the variants' blocks), ``running`` (the trainer's running
-factors), ``metrics`` (pure comparisons), ``rows`` (tidy rows), ``compare`` (the orchestration),
-``batch`` (policy, rollouts, training gradient), ``output`` (CSV, figure, all-or-none writes),
-``command`` (:func:`fidelity`, validation, :func:`run_for_run_dir`), ``arguments`` (CLI flags).
+solves and probes), ``approx`` (the variants' blocks), ``eigenbasis`` (their EKFAC blocks),
+``running`` (the trainer's running factors), ``metrics`` (pure comparisons), ``rows`` (tidy
+rows), ``compare`` (the orchestration), ``batch`` (policy, rollouts, training gradient, the
+empirical Fisher pass's loss), ``output`` (CSV, figure, all-or-none writes), ``command``
+(:func:`fidelity`, validation, :func:`run_for_run_dir`), ``arguments`` (CLI flags).
 """
 
 from kfac_bench.fidelity.arguments import add_arguments, run
