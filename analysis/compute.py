@@ -54,7 +54,7 @@ class Analysis:
 
 
 #: Extra keys of fidelity.csv (kfac_bench/fidelity/rows.py) kept apart in the summary.
-FIDELITY_KEYS = ("reference", "factors")
+FIDELITY_KEYS = ("reference", "factors", "fisher_type")
 
 
 def fidelity_summary(fidelity: pd.DataFrame | None) -> pd.DataFrame | None:

@@ -245,6 +245,7 @@ def _fidelity_headline(summary: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     for key, preferred, text in (
         ("reference", "true-fisher", "against the true Fisher (exact expectation over actions)"),
         ("factors", "batch", "with factors from the measured batch alone"),
+        ("fisher_type", "sampled", "K-FAC from the sampled Fisher pass"),
     ):
         if key in rows.columns and (rows[key] == preferred).any():
             rows = rows[rows[key] == preferred]
@@ -269,7 +270,7 @@ def fidelity_section(doc: Doc, a: Analysis) -> None:
     headers = ["variant", *[f"damping_mode={c}" for c in table.columns]]
     rows = [[idx, *[fmt(v) for v in row]] for idx, row in table.iterrows()]
     doc.add(md_table(headers, rows) + "\n")
-    keys = [k for k in ("layer", "reference", "factors") if k in a.fidelity.columns]
+    keys = [k for k in ("layer", "reference", "factors", "fisher_type") if k in a.fidelity.columns]
     doc.add('<details markdown="1"><summary>Every row</summary>\n')
     rows = [
         [r["variant"], r["damping_mode"], *[r[k] for k in keys], fmt(r["cosine_mean"]),
