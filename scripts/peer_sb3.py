@@ -52,7 +52,13 @@ ZOO = {
     },
     ("ppo", "Acrobot-v1"): {
         "n_envs": 16,
-        "kwargs": {"n_steps": 256, "gae_lambda": 0.94, "gamma": 0.99, "n_epochs": 4, "ent_coef": 0.0},
+        "kwargs": {
+            "n_steps": 256,
+            "gae_lambda": 0.94,
+            "gamma": 0.99,
+            "n_epochs": 4,
+            "ent_coef": 0.0,
+        },
         "normalize": True,
     },
 }
