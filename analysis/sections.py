@@ -199,6 +199,54 @@ def support_section(doc: Doc, a: Analysis) -> None:
             continue
         doc.add(f"{title} ({len(part)}):\n")
         doc.add("\n".join(_pair_line(r, metric_name) for r in part.itertuples()) + "\n")
+    note = start_rule_note(a)
+    if note:
+        doc.add(f"**Start rules.** {note}\n")
+
+
+def default_start_rule(label: str) -> str | None:
+    """A variant's own running-average start (``variants.get(label).running_init``), else None."""
+    import variants
+
+    if label not in variants.names():
+        return None
+    rule = variants.get(label).running_init
+    return f"{rule.kind}({rule.steps})" if rule.kind == "zeros-average" else rule.kind
+
+
+def start_rule_note(a: Analysis) -> str:
+    """What the shown label pairs mix: statistic and start rule (empty when nothing to say).
+
+    When ``kfac.running_init`` is a sweep axis, a label at two start rules measures the start
+    rule alone and two labels at one start rule the statistic alone; otherwise pairs of
+    variants whose own start rules differ (``paper``: first batch, ``kfac-pytorch``: identity)
+    mix the two, which ``runs/start-rules.toml`` separates.
+    """
+    if "kfac.running_init" in a.sweep.axes:
+        return (
+            "`kfac.running_init` is a sweep axis here: a pair of one label at two start rules "
+            "measures the start rule alone, a pair of two labels at the same start rule the factor "
+            "statistic alone."
+        )
+    fixed = (a.sweep.meta.get("spec") or {}).get("set") or {}
+    if fixed.get("kfac.running_init", "variant") != "variant":
+        return ""
+    shown = a.support[a.support["status"].isin(["supported", "indicative"])]
+    pairs = set()
+    for r in shown.itertuples():
+        x, y = a.labels.get(r.x, r.x), a.labels.get(r.y, r.y)
+        rx, ry = default_start_rule(x), default_start_rule(y)
+        if rx and ry and rx != ry:
+            pairs.add((x, rx, y, ry))
+    if not pairs:
+        return ""
+    items = "; ".join(f"{x} ({rx}) vs {y} ({ry})" for x, rx, y, ry in sorted(pairs))
+    return (
+        "These variants also differ in their running-average start rule, so the differences "
+        f"between them listed above mix the factor statistic with the start rule: {items}. "
+        "`runs/start-rules.toml` crosses `kfac.running_init` with the variant to separate the two "
+        '(README "Start rules apart from statistics").'
+    )
 
 
 def kl_section(doc: Doc, a: Analysis) -> None:

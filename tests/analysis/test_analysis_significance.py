@@ -150,3 +150,25 @@ def test_runs_with_unreadable_config_are_excluded_and_listed(tmp_path):
     assert "`paper__CartPole-v1__s4`" in text and "config.json unreadable" in text
     support = pd.read_csv(report.parent / "support.csv")
     assert support.iloc[0]["n_x"] == 4  # the broken run is not in the test
+
+
+def test_report_says_when_a_difference_mixes_statistic_and_start_rule(tmp_path):
+    root = build_sweep(tmp_path / "s", labels=("paper", "kfac-pytorch", "a2c"),
+                       envs=("CartPole-v1",), seeds=range(3))  # fmt: skip
+    text = analyze(root, n_bootstrap=50, seed=0).read_text()
+    assert "**Start rules.**" in text
+    assert "paper (first) vs kfac-pytorch (identity)" in text
+    assert "a2c (" not in text  # the controls have no start rule
+
+
+def test_no_start_rule_note_between_variants_with_the_same_start(tmp_path):
+    root = build_sweep(tmp_path / "s", labels=("paper", "kfac-reduce"), envs=("CartPole-v1",),
+                       seeds=range(3))  # fmt: skip
+    assert "**Start rules.**" not in analyze(root, n_bootstrap=50, seed=0).read_text()
+
+
+def test_start_rule_axis_note(tmp_path):
+    root = build_sweep(tmp_path / "s", labels=("paper", "kfac-pytorch"), envs=("CartPole-v1",),
+                       seeds=range(3), axis=("kfac.running_init", ["first", "identity"]))  # fmt: skip
+    text = analyze(root, n_bootstrap=50, seed=0).read_text()
+    assert "`kfac.running_init` is a sweep axis here" in text
