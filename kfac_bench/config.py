@@ -342,9 +342,9 @@ def check_consistency(config: RunConfig) -> RunConfig:
             f"is used before the next is due): set kfac.inverse_every >= {kfac.async_staleness} "
             f"or kfac.async_staleness <= {kfac.inverse_every}"
         )
-    from kfac_bench.tracking import check_backends  # log.tensorboard / log.wandb packages
+    from kfac_bench.tracking_availability import check_backends  # tracking packages
 
-    check_backends(config.log)
+    check_backends(config.log.tensorboard, config.log.wandb)
     batch = rollout.n_envs * rollout.n_steps
     if optim.algo == "ppo" and ppo.minibatch_size > batch:
         raise ConfigError(

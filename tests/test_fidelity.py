@@ -22,12 +22,12 @@ from kfac_bench.fidelity.exact import (
     FisherProblem,
     FunctionalFisher,
     JacobianFisher,
-    damped_solve,
     fisher_terms,
     jacobian,
 )
 from kfac_bench.fidelity.layout import build_slots, flatten, unflatten
 from kfac_bench.fidelity.metrics import cosine
+from kfac_bench.fidelity.solvers import damped_solve
 from kfac_bench.rl.policies import build_policy
 from kfac_bench.rl.trainer import fisher_loss
 

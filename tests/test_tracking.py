@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from kfac_bench import store, tracking
+from kfac_bench import tracking_availability as availability
 from kfac_bench.config import ConfigError
 from kfac_bench.presets import build_config
 from kfac_bench.rl.trainer import train
@@ -242,7 +243,7 @@ def test_cut_events_keeps_steps_up_to_the_checkpoint_and_drops_a_torn_tail(tmp_p
 
 def test_missing_wandb_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "wandb", None)  # as if it were not installed
-    assert not tracking.package_available("wandb")
+    assert not availability.package_available("wandb")
     with pytest.raises(ConfigError) as info:
         config(log__wandb="offline")
     message = str(info.value)
@@ -267,7 +268,7 @@ def test_missing_tensorboard_is_one_line(monkeypatch):
 
 
 def test_online_without_a_key_is_one_line(tmp_path, monkeypatch):
-    monkeypatch.setattr(tracking, "package_available", lambda name: True)
+    monkeypatch.setattr(availability, "package_available", lambda name: True)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
     with pytest.raises(ConfigError, match=r"^log\.wandb=online needs a W&B API key"):

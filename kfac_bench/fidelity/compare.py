@@ -38,7 +38,7 @@ from kfac_bench.config import KfacConfig
 from kfac_bench.curvature.inverse import FactorInverseError
 from kfac_bench.fidelity.approx import FisherLoss, capture_layer_batches, variant_blocks
 from kfac_bench.fidelity.eigenbasis import EKFAC
-from kfac_bench.fidelity.exact import FisherProblem, conjugate_gradient
+from kfac_bench.fidelity.exact import FisherProblem
 from kfac_bench.fidelity.metrics import rademacher
 from kfac_bench.fidelity.references import (
     REFERENCES,
@@ -60,6 +60,7 @@ from kfac_bench.fidelity.rows import (
     reference_damping,
     variant_rows,
 )
+from kfac_bench.fidelity.solvers import conjugate_gradient
 
 DAMPING_MODES = ("eigen", "tikhonov", "tikhonov-pi", EKFAC)
 FISHER_TYPES = ("sampled", "empirical")

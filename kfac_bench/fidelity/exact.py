@@ -20,7 +20,7 @@ of the map θ -> (ℓ_1 … ℓ_B) (:class:`FunctionalFisher`). Both are exact.
 Both operators only need a *row model*: N = B·R rows r_i with F = (1/B) Σ_i r_i r_iᵀ. The sampled
 Fisher above is R = 1 (:class:`SampledRows`); the true Fisher (``expected.py``) has R rows per
 state. With a stored Jacobian, (F + λI)⁻¹ g is solved exactly in the N-dimensional row space
-(:func:`row_space_solve`, Woodbury) instead of by CG.
+(:func:`kfac_bench.fidelity.solvers.row_space_solve`, Woodbury) instead of by CG.
 """
 
 from __future__ import annotations
@@ -35,12 +35,6 @@ from torch import nn
 from torch.func import functional_call, grad, jvp, vjp, vmap
 
 from kfac_bench.fidelity.layout import LayerSlot, flatten, kfac_parameters, total_size, unflatten
-from kfac_bench.fidelity.solvers import (  # noqa: F401  (re-exported)
-    CgResult,
-    conjugate_gradient,
-    damped_solve,
-    row_space_solve,
-)
 
 
 def fisher_terms(

@@ -7,7 +7,7 @@
 
 Per reference and λ: the network direction d* = (F + λI)⁻¹ g and the block-diagonal directions
 d*_l = (F_ll + λI)⁻¹ g_l. Solves are exact in row space when the row Jacobian is stored
-(:func:`~kfac_bench.fidelity.exact.row_space_solve`), dense for small blocks, CG with exact
+(:func:`~kfac_bench.fidelity.solvers.row_space_solve`), dense for small blocks, CG with exact
 Fisher-vector products otherwise (jvp/vjp, large networks).
 """
 
@@ -23,12 +23,11 @@ from kfac_bench.fidelity.exact import (
     JacobianFisher,
     RowModel,
     SampledRows,
-    damped_solve,
     fisher_operator,
-    row_space_solve,
 )
 from kfac_bench.fidelity.expected import ExpectedRows
 from kfac_bench.fidelity.layout import LayerSlot
+from kfac_bench.fidelity.solvers import damped_solve, row_space_solve
 
 TRUE_FISHER = "true-fisher"
 SAMPLED_FISHER = "sampled-fisher"

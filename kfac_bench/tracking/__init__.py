@@ -21,23 +21,20 @@ same step and opens a fresh file with ``purge_step`` for a TensorBoard that is a
 CSVs lost. Either way no step is duplicated.
 
 ``log.tensorboard`` needs the ``tensorboard`` package (the ``tracking`` extra, installed by
-``make install``); ``log.wandb`` needs ``wandb`` (never a dependency). :func:`check_backends`
+``make install``); ``log.wandb`` needs ``wandb`` (never a dependency). :func:`~kfac_bench.tracking_availability.check_backends`
 turns a missing package into one :class:`ConfigError` line before anything is written.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import netrc
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kfac_bench.domains import ConfigError
+from kfac_bench.tracking_availability import check_backends
 
 if TYPE_CHECKING:
-    from kfac_bench.config import LogConfig, RunConfig
+    from kfac_bench.config import RunConfig
 
 #: updates.csv column -> tag (every column but ``step``; diag/ columns keep their name).
 UPDATE_TAGS: dict[str, str] = {
@@ -63,9 +60,6 @@ EPISODE_TAGS: dict[str, str] = {
     "length": "charts/episodic_length",
 }
 CONFIG_TAG = "config"  # the text summary holding the run's config table
-
-TENSORBOARD_HINT = 'pip install -e ".[tracking]" (or `make install`)'
-WANDB_HINT = "pip install wandb into the project's environment"
 
 
 def update_tag(column: str) -> str:
@@ -97,46 +91,6 @@ def scalars(row: dict[str, Any], tags: dict[str, str] | None) -> dict[str, float
 
 
 # ---------------------------------------------------------------------------------------------
-# availability: one line, before anything is written
-
-
-def package_available(name: str) -> bool:
-    return importlib.util.find_spec(name) is not None
-
-
-def wandb_key_present() -> bool:
-    """An API key in ``WANDB_API_KEY`` or a netrc entry for the W&B host (what ``wandb login``
-    writes), so ``log.wandb=online`` never falls back to an interactive login prompt."""
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].split("/")[0]
-    path = os.environ.get("NETRC", str(Path.home() / ".netrc"))
-    try:
-        return netrc.netrc(path).authenticators(host) is not None
-    except (OSError, netrc.NetrcParseError):
-        return False
-
-
-def check_backends(log: LogConfig) -> None:
-    """Raise ConfigError (one line) when a tracking option needs a package that is missing."""
-    if log.tensorboard and not package_available("tensorboard"):
-        raise ConfigError(
-            f"log.tensorboard=true needs the tensorboard package, which is not installed: "
-            f"{TENSORBOARD_HINT}, or set log.tensorboard=false"
-        )
-    if log.wandb != "off" and not package_available("wandb"):
-        raise ConfigError(
-            f"log.wandb={log.wandb} needs the wandb package, which is not installed: "
-            f"{WANDB_HINT}, or set log.wandb=off"
-        )
-    if log.wandb == "online" and not wandb_key_present():
-        raise ConfigError(
-            "log.wandb=online needs a W&B API key (WANDB_API_KEY or `wandb login`); "
-            "log.wandb=offline logs without one (upload later with `wandb sync`)"
-        )
-
-
-# ---------------------------------------------------------------------------------------------
 # the trainer's view: one object, whatever is enabled
 
 
@@ -162,7 +116,7 @@ class Tracker:
         log = config.log
         if not (log.tensorboard or log.wandb != "off"):
             return
-        check_backends(log)
+        check_backends(log.tensorboard, log.wandb)
         record = store.read_config_record(run_dir)
         table = config_table(record)
         if log.tensorboard:
