@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fidelity_support import one_thread  # noqa: F401  (fixture)
 from torch import nn
 
 import variants
@@ -36,15 +37,6 @@ CLI = ROOT / ".venv" / "bin" / "kfac-bench"
 EXPAND = ("paper", "baselines", "kfac-pytorch", "ikostrikov")
 F64 = KfacConfig(dtype="float64")
 SAMPLED = ("sampled-fisher",)  # K-FAC's own batch Fisher: the factorisation is the only difference
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny problems: one thread is faster (and steadier on a shared two-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 class OneLinear(nn.Module):

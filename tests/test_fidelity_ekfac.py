@@ -11,10 +11,11 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F
+from fidelity_support import COEF, one_thread, tiny  # noqa: F401  (fixture)
 from torch import nn
 
 import variants
-from kfac_bench.config import KfacConfig, PolicyConfig
+from kfac_bench.config import KfacConfig
 from kfac_bench.fidelity import Settings, measure
 from kfac_bench.fidelity.batch import Rollout, empirical_loss
 from kfac_bench.fidelity.exact import FisherProblem
@@ -22,32 +23,9 @@ from kfac_bench.fidelity.layout import build_slots, flatten
 from kfac_bench.fidelity.metrics import cosine
 from kfac_bench.fidelity.running import running_blocks
 from kfac_bench.presets import build_config
-from kfac_bench.rl.policies import build_policy
 
 F64 = KfacConfig(dtype="float64")
-COEF = 0.7  # vf_fisher_coef
 LAM = 1e-2
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def tiny(seed: int, batch: int = 6, actions: int = 3) -> FisherProblem:
-    """A 4-input MLP (hidden 5, shared value head), its batch, sampled actions and ε."""
-    torch.manual_seed(seed)
-    policy = build_policy((4,), actions, PolicyConfig(hidden=(5,))).double()
-    obs = torch.randn(batch, 4, dtype=torch.float64)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        logits, _ = policy(obs)
-    acts = torch.multinomial(torch.softmax(logits, -1), 1, generator=gen).squeeze(1)
-    noise = torch.randn(batch, generator=gen, dtype=torch.float64)
-    return FisherProblem(policy, build_slots(policy), obs, acts, noise, COEF, True)
 
 
 def fisher_term(problem: FisherProblem, n: int, logits, value) -> torch.Tensor:

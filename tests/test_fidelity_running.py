@@ -8,6 +8,7 @@ import dataclasses
 
 import pytest
 import torch
+from fidelity_support import one_thread  # noqa: F401  (fixture)
 
 import variants
 from kfac_bench.config import KfacConfig, PolicyConfig
@@ -19,14 +20,6 @@ from kfac_bench.fidelity.running import running_blocks, running_factor_set
 from kfac_bench.rl.policies import build_policy
 
 DECAY = 0.9
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def batches(count: int, batch: int = 7, seed: int = 0) -> list[FisherProblem]:

@@ -7,42 +7,19 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from fidelity_support import COEF, one_thread, tiny  # noqa: F401  (fixture)
 
 import variants
-from kfac_bench.config import KfacConfig, PolicyConfig
+from kfac_bench.config import KfacConfig
 from kfac_bench.fidelity import Settings, measure
 from kfac_bench.fidelity.approx import capture_layer_batches, variant_blocks
 from kfac_bench.fidelity.exact import FisherProblem
-from kfac_bench.fidelity.layout import build_slots, flatten
+from kfac_bench.fidelity.layout import flatten
 from kfac_bench.fidelity.metrics import cosine
 from kfac_bench.fidelity.references import Reference
-from kfac_bench.rl.policies import build_policy
 
 F64 = KfacConfig(dtype="float64")
-COEF = 0.7  # vf_fisher_coef: the value term's weight 4c² = 1.96 is visibly not 1
 CG = {"tol": 1e-13, "max_iter": 2000}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def tiny(seed: int, batch: int = 6, actions: int = 3, include_value: bool = True):
-    """A 4-input MLP (hidden 5) with a shared value head, its batch, sampled actions and ε."""
-    torch.manual_seed(seed)
-    policy = build_policy((4,), actions, PolicyConfig(hidden=(5,))).double()
-    obs = torch.randn(batch, 4, dtype=torch.float64)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        logits, _ = policy(obs)
-    acts = torch.multinomial(torch.softmax(logits, -1), 1, generator=gen).squeeze(1)
-    noise = torch.randn(batch, generator=gen, dtype=torch.float64)
-    slots = build_slots(policy)
-    return FisherProblem(policy, slots, obs, acts, noise, COEF, include_value)
 
 
 def _flat_grad(problem: FisherProblem, scalar: torch.Tensor) -> torch.Tensor:
