@@ -34,6 +34,7 @@ from kfac_bench.fidelity.compare import (
     FISHER_TYPES,
     REFERENCES,
     Settings,
+    check_choices,
     measure,
 )
 from kfac_bench.fidelity.eigenbasis import EKFAC
@@ -97,21 +98,11 @@ def validate(request: Request) -> None:
                 domain.check(flag, item)
     for name in request.variants or ():
         variants.get(name)  # unknown -> ValueError listing the valid ones
-    for mode in request.damping_modes:
-        if mode not in DAMPING_MODES:
-            raise ValueError(
-                f"unknown damping mode {mode!r}; choose from {', '.join(DAMPING_MODES)}"
-            )
-    for name in request.references:
-        if name not in REFERENCES:
-            raise ValueError(f"unknown reference {name!r}; choose from {', '.join(REFERENCES)}")
+    check_choices(
+        request.damping_modes, request.references, request.fisher_types, "--fisher-types: "
+    )
     if not request.references:
         raise ValueError(f"give at least one reference ({', '.join(REFERENCES)})")
-    for kind in request.fisher_types:
-        if kind not in FISHER_TYPES:
-            raise ValueError(
-                f"--fisher-types: unknown fisher type {kind!r}; choose from {', '.join(FISHER_TYPES)}"
-            )
     if not request.fisher_types:
         raise ValueError(f"--fisher-types: give at least one of {', '.join(FISHER_TYPES)}")
     named = (

@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -170,6 +170,29 @@ def _references(
     return out
 
 
+def check_choices(
+    damping_modes: Sequence[str],
+    references: Sequence[str],
+    fisher_types: Sequence[str],
+    fisher_flag: str = "",
+) -> None:
+    """ValueError naming the first unknown damping mode, reference or Fisher type and the valid
+    choices (``fisher_flag``, e.g. ``"--fisher-types: "``, prefixes the Fisher-type line)."""
+    for mode in damping_modes:
+        if mode not in DAMPING_MODES:
+            raise ValueError(
+                f"unknown damping mode {mode!r}; choose from {', '.join(DAMPING_MODES)}"
+            )
+    for name in references:
+        if name not in REFERENCES:
+            raise ValueError(f"unknown reference {name!r}; choose from {', '.join(REFERENCES)}")
+    for kind in fisher_types:
+        if kind not in FISHER_TYPES:
+            raise ValueError(
+                f"{fisher_flag}unknown fisher type {kind!r}; choose from {', '.join(FISHER_TYPES)}"
+            )
+
+
 def measure(
     problem: FisherProblem,
     g: torch.Tensor,
@@ -195,17 +218,7 @@ def measure(
         if log is not None:
             log(f"[{clock.elapsed():6.1f}s] {message}")
 
-    for mode in settings.damping_modes:
-        if mode not in DAMPING_MODES:
-            raise ValueError(
-                f"unknown damping mode {mode!r}; choose from {', '.join(DAMPING_MODES)}"
-            )
-    for name in settings.references:
-        if name not in REFERENCES:
-            raise ValueError(f"unknown reference {name!r}; choose from {', '.join(REFERENCES)}")
-    for kind in settings.fisher_types:
-        if kind not in FISHER_TYPES:
-            raise ValueError(f"unknown fisher type {kind!r}; choose from {', '.join(FISHER_TYPES)}")
+    check_choices(settings.damping_modes, settings.references, settings.fisher_types)
     if "empirical" in settings.fisher_types and empirical_loss is None:
         raise ValueError("fisher type 'empirical' needs the empirical Fisher pass's loss")
     strategies = {name: variants.get(name) for name in settings.variants}
