@@ -246,19 +246,3 @@ def write_outputs(out: Path, files: dict[str, bytes]) -> list[Path]:
             shutil.rmtree(created, ignore_errors=True)
         raise
     return list(temps)
-
-
-def network_summary(rows: list[dict[str, Any]]) -> list[tuple[str, str, str, str, float, float]]:
-    """(reference, factors, variant, damping_mode, damping, cosine) of the network rows."""
-    return [
-        (
-            r.get("reference", ""),
-            r.get("factors") or "",
-            r["variant"],
-            r["damping_mode"],
-            r["damping"],
-            r.get("cosine", math.nan),
-        )
-        for r in rows
-        if r["layer"] == NETWORK
-    ]
