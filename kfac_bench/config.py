@@ -26,8 +26,10 @@ from kfac_bench.domains import (
     ConfigError,
     Domain,
     Each,
+    Finite,
     Fraction,
     Identity,
+    Interval,
     NonNegative,
     Positive,
     Probability,
@@ -72,6 +74,22 @@ class RolloutConfig:
 
 
 @dataclass(frozen=True)
+class NormalizeConfig:
+    """Running normalisation of observations and rewards for training (``rl/normalize.py``).
+
+    ``obs``: (o − mean)/sqrt(var + 1e-8) clipped to ±``obs_clip``, statistics updated from every
+    collected observation and saved in the checkpoint (``play`` uses them frozen);
+    ``reward``: r / sqrt(var(G) + 1e-8) clipped to ±``reward_clip``, G the running discounted
+    return (SB3 ``VecNormalize``; gymnasium ``NormalizeReward`` as in CleanRL
+    ``ppo_continuous_action.py``). Logged episode returns stay raw."""
+
+    obs: bool = False
+    obs_clip: float = setting(10.0, Positive())
+    reward: bool = False
+    reward_clip: float = setting(10.0, Positive())
+
+
+@dataclass(frozen=True)
 class LossConfig:
     """Training loss ``pg + vf_coef·value − ent_coef·H`` and the Fisher pass's value term."""
 
@@ -82,6 +100,7 @@ class LossConfig:
 
 
 Algo = Literal["acktr", "a2c", "ppo"]
+Critic = Literal["shared", "separate-adam", "separate-kfac"]
 FirstOrderOptimizer = Literal["rmsprop-tf", "rmsprop-torch", "adam"]
 
 
@@ -91,7 +110,12 @@ class OptimConfig:
 
     algo: Algo = "acktr"
     lr: float = setting(0.25, Positive(MAX_LR))
-    lr_schedule: Literal["constant", "linear"] = "linear"
+    # kl-adaptive: lr starts at optim.lr and is divided (multiplied) by adaptive_factor after an
+    # update whose measured KL is above 2× (below ½×) adaptive_target_kl, within [1e-8, 1]
+    # (openai/baselines acktr/acktr_cont.py learn(); rl/stepsize.py)
+    lr_schedule: Literal["constant", "linear", "kl-adaptive"] = "linear"
+    adaptive_target_kl: float = setting(0.002, Positive())
+    adaptive_factor: float = setting(1.5, Interval(1.0, 1e3))
     # a2c/ppo: every step; acktr: cold-start steps only. None: no clipping.
     max_grad_norm: float | None = setting(0.5, Positive())
     # a2c/ppo only. rmsprop-tf: TF1 semantics (ε inside the root, square average starts at 1) as
@@ -101,9 +125,11 @@ class OptimConfig:
     rmsprop_eps: float = setting(1e-5, Positive())
     # SB3 ActorCriticPolicy and CleanRL ppo.py both use 1e-5
     adam_eps: float = setting(1e-5, Positive())
-    critic: Literal["shared", "separate-adam"] = "shared"  # separate-adam: the seed notebook
+    # separate-adam: the seed notebook; separate-kfac: a value network with its own K-FAC
+    # (settings in critic_kfac; baselines acktr/value_functions.py)
+    critic: Critic = "shared"
     critic_lr: float = setting(1e-3, Positive(MAX_LR))
-    # separate-adam: full-batch Adam steps on the value loss per update
+    # separate critic: full-batch steps on the value loss per update
     critic_steps: int = setting(1, AtLeast(1))
 
 
@@ -157,6 +183,8 @@ class KfacConfig:
     # clipped momentum-SGD updates before K-FAC steps (baselines: 10)
     cold_iters: int = setting(0, AtLeast(0))
     cold_momentum: float = setting(0.9, Probability(below_one=True))
+    # cold steps use lr × this (baselines acktr_cont.py passes cold_lr = lr·(1 − 0.9))
+    cold_lr_scale: float = setting(1.0, Positive())
     # fast knob: statistics on a subsample of the batch
     stats_batch_fraction: float = setting(1.0, Fraction())
     # Speed knobs (issue 6; kfac_bench/bench_report.py FAST). Off by default: the synchronous
@@ -179,8 +207,18 @@ class PolicyConfig:
 
     arch: Literal["auto", "mlp", "minatar-cnn", "nature-cnn"] = "auto"
     hidden: tuple[int, ...] = setting((64, 64), Each(AtLeast(1)))
-    activation: Literal["tanh", "relu"] = "tanh"
+    activation: Literal["tanh", "relu", "elu"] = "tanh"
     shared_trunk: bool = True  # False: separate actor and critic networks (stable-baselines MLP)
+    # orthogonal: baselines common/policies.py ortho_init (√2 trunk, 0.01 policy head, 1 value);
+    # normc: baselines acktr continuous normc_initializer (1 trunk, 0.1 Gaussian mean, 1 value)
+    init: Literal["orthogonal", "normc"] = "orthogonal"
+    # a separate critic's MLP activation ("same": policy.activation; baselines' value net: elu)
+    critic_activation: Literal["same", "tanh", "relu", "elu"] = "same"
+    # Box actions: diagonal Gaussian with a state-independent log σ, initialised to this
+    log_std_init: float = setting(0.0, Finite())
+    # how ACKTR steps log σ: fisher = its exact Fisher (2 per dimension) + kfac.damping;
+    # sgd = the plain gradient inside the trust region (openai/baselines acktr_cont)
+    log_std_update: Literal["fisher", "sgd"] = "fisher"
 
 
 @dataclass(frozen=True)
@@ -222,10 +260,13 @@ class RunConfig:
     device: Literal["auto", "cpu", "cuda"] = "cpu"
     torch_threads: int = setting(0, AtLeast(0, MAX_THREADS))  # 0: leave torch's default
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     ppo: PpoConfig = field(default_factory=PpoConfig)
     kfac: KfacConfig = field(default_factory=KfacConfig)
+    # the value network's own K-FAC (optim.critic = "separate-kfac"); lr is optim.critic_lr
+    critic_kfac: KfacConfig = field(default_factory=KfacConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     atari: AtariConfig = field(default_factory=AtariConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -319,14 +360,20 @@ def check_consistency(config: RunConfig) -> RunConfig:
     """Combinations of in-domain values that no update rule can serve. Raises ConfigError (one
     line: the keys, their values and the reason); returns config."""
     optim, kfac, ppo, rollout = config.optim, config.kfac, config.ppo, config.rollout
-    if optim.critic == "separate-adam" and optim.algo != "acktr":
+    if optim.critic != "shared" and optim.algo != "acktr":
         raise ConfigError(
-            f"optim.critic='separate-adam' needs optim.algo='acktr' ({optim.algo} steps actor and "
+            f"optim.critic={optim.critic!r} needs optim.algo='acktr' ({optim.algo} steps actor and "
             "critic with its one optimiser; policy.shared_trunk=false gives separate networks)"
         )
-    if optim.critic_steps > 1 and (optim.algo != "acktr" or optim.critic != "separate-adam"):
+    if optim.critic_steps > 1 and (optim.algo != "acktr" or optim.critic == "shared"):
         raise ConfigError(
-            "optim.critic_steps > 1 needs optim.algo='acktr' and optim.critic='separate-adam'"
+            "optim.critic_steps > 1 needs optim.algo='acktr' and optim.critic='separate-adam' or "
+            "'separate-kfac'"
+        )
+    if optim.critic == "separate-kfac" and config.critic_kfac.async_inverse:
+        raise ConfigError(
+            "critic_kfac.async_inverse=true is not supported (the critic takes several K-FAC "
+            "steps per batch); set critic_kfac.async_inverse=false"
         )
     if optim.algo == "acktr" and kfac.async_inverse and kfac.damping_mode == "ekfac":
         raise ConfigError(
@@ -390,27 +437,3 @@ def get_value(config: RunConfig, key: str) -> Any:
     for part in key.split("."):
         obj = getattr(obj, part)
     return obj
-
-
-# Settings that do not change what a run computes, so a resumed run may differ in them.
-RESUME_INDEPENDENT = frozenset({"torch_threads", "log.tensorboard", "log.wandb"})
-
-
-def config_differences(saved: dict[str, Any], config: RunConfig) -> list[str]:
-    """``key: saved -> wanted`` for every setting where a run directory's config.json differs.
-
-    Keys missing from ``saved`` (fields added to the code since the run started) count as their
-    dataclass default, which by convention keeps the old behaviour.
-    """
-    defaults = flatten(to_dict(RunConfig(env=config.env)))
-    old, new = flatten(saved), flatten(to_dict(config))
-    missing = "(missing)"
-    diffs = []
-    for key in sorted(set(old) | set(new)):
-        if key in RESUME_INDEPENDENT:
-            continue
-        before = old.get(key, defaults.get(key, missing))
-        after = new.get(key, missing)
-        if before != after:
-            diffs.append(f"{key}: {before!r} -> {after!r}")
-    return diffs

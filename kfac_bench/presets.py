@@ -22,6 +22,11 @@ from kfac_bench.config import (
     check_domains,
     with_overrides,
 )
+from kfac_bench.presets_continuous import (
+    A2C_ZOO_CONTINUOUS,
+    BASELINES_ACKTR_CONT,
+    PPO_CLEANRL_CONTINUOUS,
+)
 from kfac_bench.rl.envs import EnvFamily, env_family
 
 
@@ -60,6 +65,21 @@ FAMILY_BASE: dict[EnvFamily, dict[str, Any]] = {
         "policy.activation": "relu",
         "rollout.n_envs": 16,
         "rollout.n_steps": 20,
+        "total_steps": 1_000_000,
+    },
+    # MuJoCo and the Box-action classic tasks: separate 64-64 tanh actor and critic (baselines
+    # GaussianMlpPolicy; SB3/CleanRL MlpPolicy), one env, observations normalised
+    "continuous": {
+        "torch_threads": 1,
+        "policy.arch": "mlp",
+        "policy.activation": "tanh",
+        "policy.hidden": (64, 64),
+        "policy.shared_trunk": False,
+        "rollout.n_envs": 1,
+        "rollout.n_steps": 2048,
+        "normalize.obs": True,
+        "log.update_every": 1,  # an update is a few thousand steps here
+        "log.checkpoint_every": 20,
         "total_steps": 1_000_000,
     },
     "atari": {
@@ -208,6 +228,16 @@ PRESETS: dict[str, Preset] = {
     p.name: p
     for p in [
         Preset(
+            "acktr-mujoco",
+            "openai/baselines acktr_cont.py: 2500-step batches, KL-adaptive lr, K-FAC value net",
+            dict(BASELINES_ACKTR_CONT),
+        ),
+        Preset(
+            "mujoco-tuned",
+            "default for continuous control: acktr-mujoco with log σ stepped by its exact Fisher",
+            {**BASELINES_ACKTR_CONT, "policy.log_std_update": "fisher"},
+        ),
+        Preset(
             "classic-tuned",
             "default for classic control: actor-only natural gradient (lr 0.02), Adam critic ×8",
             {
@@ -325,14 +355,22 @@ PRESETS: dict[str, Preset] = {
             "a2c",
             "control: A2C (openai/baselines a2c.py) with TF RMSprop; rl-zoo batch on classic control",
             _A2C,
-            per_family={"classic": _A2C_ZOO_CLASSIC, "generic": _A2C_ZOO_CLASSIC},
+            per_family={
+                "classic": _A2C_ZOO_CLASSIC,
+                "generic": _A2C_ZOO_CLASSIC,
+                "continuous": A2C_ZOO_CONTINUOUS,
+            },
             per_env={"Acrobot-v1": {"rollout.n_envs": 16}},  # rl-zoo a2c.yml (without normalize)
         ),
         Preset(
             "ppo",
             "control: PPO-clip; CleanRL ppo_atari on Atari/MinAtar, rl-zoo ppo.yml on classic",
             _PPO_CLEANRL_ATARI,
-            per_family={"classic": _PPO_SB3_DEFAULT, "generic": _PPO_SB3_DEFAULT},
+            per_family={
+                "classic": _PPO_SB3_DEFAULT,
+                "generic": _PPO_SB3_DEFAULT,
+                "continuous": {**_PPO_SB3_DEFAULT, **PPO_CLEANRL_CONTINUOUS},
+            },
             per_env=_PPO_ZOO,
         ),
     ]
@@ -341,6 +379,7 @@ PRESETS: dict[str, Preset] = {
 FAMILY_DEFAULT_PRESET: dict[EnvFamily, str] = {
     "classic": "classic-tuned",
     "generic": "classic-tuned",
+    "continuous": "mujoco-tuned",
     "minatar": "minatar-tuned",
     "atari": "openai-baselines",
 }

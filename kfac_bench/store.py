@@ -34,6 +34,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from kfac_bench import config as config_mod
 from kfac_bench.atomic import naming, save_torch, write_atomic, write_json  # noqa: F401  (re-exported)
 from kfac_bench.run_lock import RunLock, lock_holder, remove_stale_temps  # noqa: F401  (re-exported)
 
@@ -223,7 +224,6 @@ def config_drift(run_dir: Path, config: Any) -> list[str]:
     """``key: saved -> wanted`` for every setting where ``config.json`` differs from ``config``.
 
     Empty when they agree or the directory has no ``config.json`` yet (a fresh run)."""
-    from kfac_bench.config import config_differences
 
     if not (Path(run_dir) / "config.json").exists():
         return []
@@ -398,3 +398,27 @@ def truncate_csv(path: Path, max_step: int) -> int:
     csv.writer(text).writerows([header, *kept])
     write_atomic(path, text.getvalue().encode())
     return len(kept)
+
+
+# Settings that do not change what a run computes, so a resumed run may differ in them.
+RESUME_INDEPENDENT = frozenset({"torch_threads", "log.tensorboard", "log.wandb"})
+
+
+def config_differences(saved: dict[str, Any], config: config_mod.RunConfig) -> list[str]:
+    """``key: saved -> wanted`` for every setting where a run directory's config.json differs.
+
+    Keys missing from ``saved`` (fields added to the code since the run started) count as their
+    dataclass default, which by convention keeps the old behaviour.
+    """
+    defaults = config_mod.flatten(config_mod.to_dict(config_mod.RunConfig(env=config.env)))
+    old, new = config_mod.flatten(saved), config_mod.flatten(config_mod.to_dict(config))
+    missing = "(missing)"
+    diffs = []
+    for key in sorted(set(old) | set(new)):
+        if key in RESUME_INDEPENDENT:
+            continue
+        before = old.get(key, defaults.get(key, missing))
+        after = new.get(key, missing)
+        if before != after:
+            diffs.append(f"{key}: {before!r} -> {after!r}")
+    return diffs

@@ -33,7 +33,8 @@ def run(args: argparse.Namespace) -> int:
     from kfac_bench import store
     from kfac_bench.config import from_dict
     from kfac_bench.rl.envs import make_env
-    from kfac_bench.rl.policies import build_policy
+    from kfac_bench.rl.normalize import ObservationNormalizer
+    from kfac_bench.rl.policies import build_policy, separate_critic_for
 
     checkpoint_path = args.run_dir / "checkpoint.pt"
     if not checkpoint_path.exists():
@@ -54,10 +55,18 @@ def run(args: argparse.Namespace) -> int:
         env.obs_shape,
         env.num_actions,
         config.policy,
-        separate_critic=config.optim.critic == "separate-adam",
+        separate_critic=separate_critic_for(config),
+        continuous=env.continuous,
     )
     policy.load_state_dict(state["policy"])
     policy.eval()
+    obs_norm = None
+    if state.get("obs_norm") is not None:  # the training run's statistics, frozen
+        obs_norm = ObservationNormalizer(env.obs_shape, config.normalize.obs_clip)
+        obs_norm.load_state_dict(state["obs_norm"])
+
+    def seen(raw: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(raw if obs_norm is None else obs_norm.normalize(raw))
 
     frames: list[np.ndarray] = []
     returns = []
@@ -67,11 +76,9 @@ def run(args: argparse.Namespace) -> int:
             if args.gif is not None and episode == 0:
                 frames.append(env.render())
             with torch.no_grad():
-                logits, _ = policy(torch.as_tensor(obs))
-            if args.greedy:
-                action = logits.argmax(-1)
-            else:
-                action = torch.distributions.Categorical(logits=logits).sample()
+                head, _ = policy(seen(obs))
+                dist = policy.distribution(head)
+                action = dist.mode() if args.greedy else dist.sample()
             step = env.step(action.numpy())
             obs = step.obs
             if step.finished:

@@ -24,8 +24,17 @@ step actually applied (momentum, cold SGD steps and clipped eigenvalues included
 :meth:`KFAC.applied_step_kl`: ½·Δθᵀ F̃ Δθ with F̃ the block-diagonal Kronecker Fisher of the running
 factors, per layer ⟨ΔW, G·ΔW·A⟩ (= vec(ΔW)ᵀ (A ⊗ G) vec(ΔW)), undamped.
 
-Cold start (baselines, ``cold_iters`` > 0): the first updates are momentum SGD (lr, μ_cold, no (1−μ))
-on gradients clipped to ``cold_clip`` while the statistics already accumulate (kfac.py:898-922).
+Cold start (baselines, ``cold_iters`` > 0): the first updates are momentum SGD (lr·``cold_lr_scale``,
+μ_cold, no (1−μ)) on gradients clipped to ``cold_clip`` while the statistics already accumulate
+(kfac.py:898-922).
+
+Parameters outside Linear/Conv2d: a parameter with a known, constant diagonal Fisher (a Gaussian
+policy's log σ: 2 per entry, ``rl/distributions.py``) can be handed in as ``exact_diagonal``; its
+Δ = g / (F + λ) with λ = ``kfac.damping`` joins the same trust region and momentum, and its ½·F·Δθ²
+joins ``applied_step_kl``. Parameters handed in as ``plain`` are stepped with Δ = g inside the trust
+region (what openai/baselines' K-FAC does with a variable it has no factors for, e.g. the
+log-std of ``acktr/policies.py``). Any other such parameter is an error unless
+``kfac.unsupported = "sgd"``.
 
 Decompositions are recomputed every ``inverse_every`` preconditioned steps from the current running
 factors (ikostrikov ``algo/kfac.py`` Tf = 10, ACKTR-PyTorch Tf = 10). ``StepInfo.staleness`` is the
@@ -96,12 +105,21 @@ class KFAC(torch.optim.Optimizer):
         config: KfacConfig,
         lr: float,
         cold_clip: float | None = None,
+        *,
+        exact_diagonal: dict[nn.Parameter, float] | None = None,
+        plain: list[nn.Parameter] | None = None,
     ) -> None:
         layers, others = find_layers(model)
         if not layers:
             raise UnsupportedLayerError(
                 "the model has no nn.Linear or nn.Conv2d layer to precondition"
             )
+        named = dict(model.named_parameters())
+        self.exact_diagonal = dict(exact_diagonal or {})
+        plain_ids = {id(p) for p in plain or []}
+        handled = {id(p) for p in self.exact_diagonal} | plain_ids
+        plain_names = [n for n in others if id(named[n]) in plain_ids]
+        others = [n for n in others if id(named[n]) not in handled]
         if others and config.unsupported == "error":
             raise UnsupportedLayerError(
                 "K-FAC preconditions nn.Linear and nn.Conv2d only; these parameters belong to other "
@@ -113,8 +131,9 @@ class KFAC(torch.optim.Optimizer):
         self.variant = variant
         self.config = config
         self.cold_clip = cold_clip
-        self.unsupported_params = [dict(model.named_parameters())[n] for n in others]
-        self.unsupported_names = others
+        # stepped with their plain gradient: the `plain` ones and, under unsupported="sgd", the rest
+        self.unsupported_params = [named[n] for n in [*plain_names, *others]]
+        self.unsupported_names = [*plain_names, *others]
         dtype = torch.float64 if config.dtype == "float64" else torch.float32
         init = (
             variant.running_init
@@ -268,7 +287,7 @@ class KFAC(torch.optim.Optimizer):
         lr = float(self.param_groups[0]["lr"])
         self.updates += 1
         if self.updates <= self.config.cold_iters:
-            return self._cold_step(lr)
+            return self._cold_step(lr * self.config.cold_lr_scale)
         inverted = self._refresh_decompositions()
         self.kfac_steps += 1
         if self._scale_batch:
@@ -281,6 +300,12 @@ class KFAC(torch.optim.Optimizer):
                 pairs.extend(layer.precondition())
         pairs.extend(
             (p, p.grad.to(self.layers_dtype)) for p in self.unsupported_params if p.grad is not None
+        )
+        damping = self.config.damping
+        pairs.extend(
+            (p, p.grad.to(self.layers_dtype) / (fisher + damping))
+            for p, fisher in self.exact_diagonal.items()
+            if p.grad is not None
         )
         if not pairs:
             raise KfacError(
@@ -353,8 +378,10 @@ class KFAC(torch.optim.Optimizer):
         ``params`` (all layers when None). Δθ_p = −scale·update as applied (momentum buffer, or
         the cold SGD buffer). F̃ per layer: A ⊗ G of the running factors, with the bias in A's
         homogeneous coordinate, or, for a separate bias block, Δbᵀ·bias_G·Δb; under ekfac F̃ is the
-        EKFAC curvature Q diag(s) Qᵀ in use (``LayerState.curvature_quadratic``). Parameters outside
-        Linear/Conv2d have no curvature estimate and are left out. nan before any statistics."""
+        EKFAC curvature Q diag(s) Qᵀ in use (``LayerState.curvature_quadratic``). An
+        ``exact_diagonal`` parameter adds F·‖Δθ‖² (when in ``params``); the other parameters
+        outside Linear/Conv2d have no curvature estimate and are left out. nan before any
+        statistics."""
         total: torch.Tensor | float = 0.0
         for layer in self.layers.values():
             weight, bias = layer.module.weight, layer.module.bias
@@ -366,6 +393,9 @@ class KFAC(torch.optim.Optimizer):
             d_w = self._applied_delta(weight, layer.dtype).reshape(weight.shape[0], -1)
             d_b = None if bias is None else self._applied_delta(bias, layer.dtype)
             total = total + layer.curvature_quadratic(d_w, d_b)
+        for p, fisher in self.exact_diagonal.items():
+            if (params is None or p in params) and p in self._applied:
+                total = total + fisher * self._applied_delta(p, self.layers_dtype).pow(2).sum()
         return 0.5 * torch.as_tensor(total).cpu()
 
     def _applied_delta(self, p: nn.Parameter, dtype: torch.dtype) -> torch.Tensor:

@@ -45,7 +45,7 @@ from kfac_bench.rl.trainer import resolve_device
 from kfac_bench.store import env_slug
 
 # Default batch per env family: a minute on two CPU cores for the MLP and the MinAtar CNN.
-DEFAULT_BATCH = {"classic": 256, "generic": 256, "minatar": 128, "atari": 256}
+DEFAULT_BATCH = {"classic": 256, "generic": 256, "continuous": 256, "minatar": 128, "atari": 256}
 CSV_NAME = "fidelity.csv"
 FIGURE_STEM = "fidelity"
 

@@ -1,5 +1,6 @@
-"""Classic control and any other Discrete/Box id: CartPole's native numpy vector env with a
-same-step reset, and a plain loop over ``gym.make`` instances for everything else."""
+"""Classic control, MuJoCo and any other Box-observation id: CartPole's native numpy vector env
+with a same-step reset, and a plain loop over ``gym.make`` instances for everything else
+(Discrete or bounded Box actions)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import gymnasium as gym
 import numpy as np
 
 from kfac_bench.rl.env_registry import env_spec
-from kfac_bench.rl.vec_env import EnvError, Step, VecEnv, as_actions
+from kfac_bench.rl.vec_env import EnvError, Step, VecEnv, as_actions, as_box_actions
 
 # ---------------------------------------------------------------------------------------------
 # CartPole: gymnasium's numpy vector env, same-step reset
@@ -111,7 +112,9 @@ def _draw_cartpole(x: float, theta: float, x_threshold: float, half_pole: float)
 
 
 class GymLoopVecEnv(VecEnv):
-    """Any Discrete-action, Box-observation id: N ``gym.make`` envs stepped in a Python loop."""
+    """Any Box-observation id with Discrete or bounded Box actions: N ``gym.make`` envs stepped
+    in a Python loop. Box actions are clipped to the bounds here (SB3 ``OnPolicyAlgorithm``,
+    CleanRL ``ppo_continuous_action.py``: the policy keeps its unclipped sample)."""
 
     def __init__(self, env_id: str, num_envs: int, *, render: bool = False) -> None:
         super().__init__(env_id, num_envs)
@@ -128,8 +131,15 @@ class GymLoopVecEnv(VecEnv):
         self.obs_shape = tuple(space.shape)
         self.obs_dtype = np.dtype(np.float32)
         action_space = self._envs[0].action_space
-        self.num_actions = int(action_space.n)
-        self._action_start = int(action_space.start)
+        self.continuous = isinstance(action_space, gym.spaces.Box)
+        if self.continuous:
+            self.num_actions = int(action_space.shape[0])
+            self.action_low = action_space.low.astype(np.float32)
+            self.action_high = action_space.high.astype(np.float32)
+            self._action_start = 0
+        else:
+            self.num_actions = int(action_space.n)
+            self._action_start = int(action_space.start)
         self._render = render
 
     def reset(self, seed: int) -> np.ndarray:
@@ -140,7 +150,12 @@ class GymLoopVecEnv(VecEnv):
         return obs
 
     def step(self, actions: np.ndarray) -> Step:
-        actions = as_actions(actions, self.num_envs) + self._action_start
+        if self.continuous:
+            actions = as_box_actions(actions, self.action_low, self.action_high)
+            if actions.shape[0] != self.num_envs:
+                raise ValueError(f"expected {self.num_envs} actions, got {actions.shape[0]}")
+        else:
+            actions = as_actions(actions, self.num_envs) + self._action_start
         n = self.num_envs
         obs = np.empty((n, *self.obs_shape), dtype=np.float32)
         reward = np.empty(n, dtype=np.float32)
@@ -148,7 +163,7 @@ class GymLoopVecEnv(VecEnv):
         truncated = np.zeros(n, dtype=bool)
         final: dict[int, Any] = {}
         for i, env in enumerate(self._envs):
-            o, r, term, trunc, _ = env.step(int(actions[i]))
+            o, r, term, trunc, _ = env.step(actions[i] if self.continuous else int(actions[i]))
             reward[i], terminated[i], truncated[i] = r, term, trunc
             if term or trunc:
                 final[i] = o
@@ -173,6 +188,13 @@ class GymLoopVecEnv(VecEnv):
             raise EnvError(
                 f"{self.env_id}: rendering needs pygame (gymnasium[classic-control])"
             ) from exc
+        except Exception as exc:  # MuJoCo without an OpenGL context (no display, no EGL/OSMesa)
+            raise EnvError(
+                f"{self.env_id}: cannot render ({type(exc).__name__}: {exc}); MuJoCo renders "
+                "offscreen with MUJOCO_GL=egl (GPU driver) or MUJOCO_GL=osmesa (libosmesa6)"
+            ) from exc
+        if frame is None:
+            raise EnvError(f"{self.env_id}: the environment rendered no frame")
         return np.asarray(frame, dtype=np.uint8)
 
     def close(self) -> None:

@@ -2,7 +2,8 @@
 
 :func:`env_family` reads the family from the id alone (the presets' tables ask it too);
 :func:`env_spec` registers MinAtar and ALE ids on first need; :func:`check_env_id` refuses, in
-one line, ids that are unknown (with close matches) or not discrete-action / Box-observation.
+one line, ids that are unknown (with close matches), without Box observations, or whose actions
+are neither Discrete nor a bounded 1-D Box.
 """
 
 from __future__ import annotations
@@ -11,14 +12,39 @@ import difflib
 import functools
 
 import gymnasium as gym
+import numpy as np
 
 from kfac_bench.rl.vec_env import EnvError
 
-EnvFamily = str  # "classic" | "minatar" | "atari" | "generic"
+EnvFamily = str  # "classic" | "continuous" | "minatar" | "atari" | "generic"
+
+#: Names (the id before "-v") of the continuous-control tasks: MuJoCo (gymnasium[mujoco]) and the
+#: Box-action classic-control and Box2D tasks. Their family default is the ``mujoco-tuned`` preset.
+CONTINUOUS_TASKS = frozenset(
+    {
+        "HalfCheetah",
+        "Hopper",
+        "Walker2d",
+        "Ant",
+        "Humanoid",
+        "HumanoidStandup",
+        "InvertedPendulum",
+        "InvertedDoublePendulum",
+        "Reacher",
+        "Swimmer",
+        "Pusher",
+        "Pendulum",
+        "MountainCarContinuous",
+        "LunarLanderContinuous",
+        "BipedalWalker",
+        "BipedalWalkerHardcore",
+    }
+)
 
 
 def env_family(env_id: str) -> EnvFamily:
-    """Which family an environment id belongs to: MinAtar, Atari (ALE), classic control or generic.
+    """Which family an environment id belongs to: MinAtar, Atari (ALE), classic control,
+    continuous control (MuJoCo and the Box-action classic tasks) or generic.
 
     The family picks the vector-env implementation here and the default tables in
     :mod:`kfac_bench.presets`; it is read from the id alone, so it never needs gymnasium's registry.
@@ -27,8 +53,11 @@ def env_family(env_id: str) -> EnvFamily:
         return "minatar"
     if env_id.startswith("ALE/") or env_id.endswith("NoFrameskip-v4"):
         return "atari"
-    if env_id.split("-v")[0] in {"CartPole", "Acrobot", "MountainCar", "LunarLander"}:
+    name = env_id.split("-v")[0]
+    if name in {"CartPole", "Acrobot", "MountainCar", "LunarLander"}:
         return "classic"
+    if name in CONTINUOUS_TASKS:
+        return "continuous"
     return "generic"
 
 
@@ -89,7 +118,8 @@ def _spaces(env_id: str) -> tuple[gym.Space, gym.Space]:
 
 
 def check_env_id(env_id: str) -> None:
-    """Raise :class:`EnvError` unless ``env_id`` is registered, discrete-action, Box-observation.
+    """Raise :class:`EnvError` unless ``env_id`` is registered, has Box observations and Discrete
+    or bounded 1-D Box actions.
 
     Atari and MinAtar ids are checked from their registry entries alone; other ids build one
     instance (cached), which is milliseconds for classic control.
@@ -109,16 +139,31 @@ def check_env_id(env_id: str) -> None:
     if family == "minatar":
         return
     obs_space, act_space = _spaces(env_id)
-    if not isinstance(act_space, gym.spaces.Discrete):
+    if isinstance(act_space, gym.spaces.Box):
+        check_box_actions(env_id, act_space)
+    elif not isinstance(act_space, gym.spaces.Discrete):
         kind = type(act_space).__name__
         raise EnvError(
-            f"{env_id} has a {kind} action space; only discrete (Categorical) policies are "
-            "supported"
+            f"{env_id} has a {kind} action space; supported: Discrete (Categorical policy) and "
+            "bounded 1-D Box (diagonal Gaussian policy)"
         )
     if not isinstance(obs_space, gym.spaces.Box):
         kind = type(obs_space).__name__
         raise EnvError(
             f"{env_id} has a {kind} observation space; only Box observations are supported"
+        )
+
+
+def check_box_actions(env_id: str, space: gym.spaces.Box) -> None:
+    """A Gaussian policy needs a 1-D Box with finite bounds (it clips its samples to them)."""
+    if len(space.shape) != 1:
+        raise EnvError(
+            f"{env_id} has Box actions of shape {space.shape}; only 1-D Box actions are supported"
+        )
+    if not (np.all(np.isfinite(space.low)) and np.all(np.isfinite(space.high))):
+        raise EnvError(
+            f"{env_id} has an unbounded Box action space (low {space.low.tolist()}, high "
+            f"{space.high.tolist()}); the Gaussian policy's actions are clipped to finite bounds"
         )
 
 

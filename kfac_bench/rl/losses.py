@@ -1,6 +1,8 @@
 """The losses every update rule shares: the Fisher pass's loss and the actor-critic training loss.
 
-Shapes: ``logits`` (B, A), ``values`` (B,), ``actions`` (B,) long, ``advantages``/``returns`` (B,).
+Shapes: ``dist`` an action distribution over B states (``rl/distributions.py``; a bare logits
+tensor (B, A) is taken as Categorical), ``values`` (B,), ``actions`` (B,) long or (B, A) float,
+``advantages``/``returns`` (B,).
 """
 
 from __future__ import annotations
@@ -8,23 +10,31 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from kfac_bench.config import RunConfig
+from kfac_bench.rl.distributions import ActionDistribution, as_distribution
 
 
-def fisher_loss(logits, values, actions, vf_fisher_coef: float, include_value: bool):
+def fisher_loss(dist, values, actions, vf_fisher_coef: float, include_value: bool):
     """mean log π(a) [− vf_fisher_coef · mean((v − stopgrad(v + ε))²)], ε ~ N(0, 1).
 
-    openai/baselines ``baselines/acktr/acktr.py`` lines 36, 48-51. Per-example derivatives:
-    onehot(a) − p at the logits, 2·vf_fisher_coef·ε at the value (the sign of either term does not
-    change the G statistics; REFERENCES.md §7.4)."""
-    log_probs = F.log_softmax(logits, dim=-1).gather(1, actions[:, None]).squeeze(1)
-    loss = log_probs.mean()
+    openai/baselines ``baselines/acktr/acktr.py`` lines 36, 48-51 (and ``acktr/policies.py``
+    ``surr_sampled`` for the Gaussian). ``actions`` are the batch's on-policy samples. Per-example
+    derivatives: onehot(a) − p at the logits, or (a − μ)/σ² at a Gaussian mean; 2·vf_fisher_coef·ε
+    at the value (the sign of either term does not change the G statistics; REFERENCES.md §7.4)."""
+    loss = as_distribution(dist).log_prob(actions).mean()
     if include_value and vf_fisher_coef:
         noisy = (values + torch.randn_like(values)).detach()
         loss = loss - vf_fisher_coef * (values - noisy).pow(2).mean()
     return loss
+
+
+def value_fisher_loss(values: torch.Tensor) -> torch.Tensor:
+    """−mean((v − stopgrad(v + ε))²), ε ~ N(0, 1): the Gauss-Newton Fisher of a unit-variance
+    regression, what a separate value network's own K-FAC collects (openai/baselines
+    ``acktr/value_functions.py`` ``loss_sampled``); per-example derivative 2ε at the value."""
+    noisy = (values + torch.randn_like(values)).detach()
+    return -(values - noisy).pow(2).mean()
 
 
 @dataclass
@@ -35,7 +45,7 @@ class LossTerms:
     policy: torch.Tensor
     value: torch.Tensor
     entropy: torch.Tensor
-    log_probs_all: torch.Tensor  # (B, A) log π(·|s), for the KL after the step
+    dist: ActionDistribution  # π(·|s) before the step, detached: the KL after the step
 
 
 def value_error(values: torch.Tensor, returns: torch.Tensor, config: RunConfig) -> torch.Tensor:
@@ -44,13 +54,8 @@ def value_error(values: torch.Tensor, returns: torch.Tensor, config: RunConfig) 
     return 0.5 * error if config.loss.value_loss == "half-mse" else error
 
 
-def entropy_of(log_probs_all: torch.Tensor) -> torch.Tensor:
-    """Mean categorical entropy −Σ_a p log p over the batch; log_probs_all (B, A)."""
-    return -(log_probs_all.exp() * log_probs_all).sum(-1).mean()
-
-
 def training_loss(
-    logits: torch.Tensor,
+    dist: torch.Tensor | ActionDistribution,
     values: torch.Tensor,
     actions: torch.Tensor,
     advantages: torch.Tensor,
@@ -58,15 +63,14 @@ def training_loss(
     config: RunConfig,
 ) -> LossTerms:
     """−mean(Â·log π(a)) + vf_coef·value_loss − ent_coef·H (openai/baselines acktr.py:40-45)."""
+    dist = as_distribution(dist)
     if config.rollout.normalize_advantages:
         advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-    log_probs_all = F.log_softmax(logits, dim=-1)
-    log_probs = log_probs_all.gather(1, actions[:, None]).squeeze(1)
-    entropy = entropy_of(log_probs_all)
-    policy_loss = -(advantages.detach() * log_probs).mean()
+    entropy = dist.entropy().mean()
+    policy_loss = -(advantages.detach() * dist.log_prob(actions)).mean()
     value_loss = value_error(values, returns, config)
     total = policy_loss + config.loss.vf_coef * value_loss - config.loss.ent_coef * entropy
-    return LossTerms(total, policy_loss, value_loss, entropy, log_probs_all)
+    return LossTerms(total, policy_loss, value_loss, entropy, dist.detach())
 
 
 def empirical_fisher_loss(terms: LossTerms, config: RunConfig, include_value: bool) -> torch.Tensor:
@@ -81,6 +85,6 @@ def empirical_fisher_loss(terms: LossTerms, config: RunConfig, include_value: bo
     return terms.policy
 
 
-def categorical_kl(old_log_probs: torch.Tensor, new_log_probs: torch.Tensor) -> torch.Tensor:
-    """Mean KL(π_old ‖ π_new) over the batch; both (B, A) log-probabilities."""
-    return (old_log_probs.exp() * (old_log_probs - new_log_probs)).sum(-1).mean()
+def mean_kl(old: ActionDistribution, new: ActionDistribution) -> torch.Tensor:
+    """Mean KL(π_old ‖ π_new) over the batch."""
+    return new.kl_from(old).mean()

@@ -3,7 +3,8 @@
 Lifecycle of one update (DESIGN.md §4), the same for every variant and rule — the loop never looks
 at the variant's name nor at the algorithm:
 
-    collect n_steps × n_envs transitions  ->  returns (n-step or GAE)
+    collect n_steps × n_envs transitions (observations and rewards normalised if configured)
+    ->  returns (n-step or GAE)
     -> rule.update(batch): ACKTR (Fisher pass, training loss, K-FAC step), A2C (RMSprop step) or
        PPO (clipped epochs); see ``update_rules.py``
     -> log (updates.csv every ``log.update_every`` updates), checkpoint
@@ -11,7 +12,8 @@ at the variant's name nor at the algorithm:
 ``train(config, run_dir)`` owns the run directory (store.py): it starts a run, resumes an
 unfinished one from ``checkpoint.pt`` (cutting the CSVs back to the checkpoint's step; episodes in
 progress at the checkpoint are discarded and the envs reset with a seed derived from the update),
-or does nothing for a finished one. Divergence (non-finite loss, factor or parameter) ends the run
+or does nothing for a finished one. The policy's distribution follows the action space: Categorical
+for Discrete, diagonal Gaussian for Box (actions stored unclipped; the env clips them). Divergence (non-finite loss, factor or parameter) ends the run
 with state ``diverged`` and the reason; any other exception is recorded as ``failed`` and re-raised.
 """
 
@@ -31,9 +33,11 @@ from kfac_bench import config as config_mod
 from kfac_bench import store, tracking
 from kfac_bench.config import RunConfig
 from kfac_bench.curvature import KFAC
+from kfac_bench.rl.distributions import Categorical
 from kfac_bench.rl.envs import VecEnv, make_env
 from kfac_bench.rl.losses import fisher_loss, training_loss  # noqa: F401  (re-exported)
-from kfac_bench.rl.policies import ActorCritic, build_policy
+from kfac_bench.rl.normalize import ObservationNormalizer, RewardScaler
+from kfac_bench.rl.policies import ActorCritic, build_policy, separate_critic_for
 from kfac_bench.rl.returns import gae_advantages, nstep_returns
 from kfac_bench.rl.update_rules import Batch, Diverged, UpdateRule, build_update_rule, lr_at  # noqa: F401
 
@@ -73,16 +77,25 @@ def resolve_device(name: str) -> torch.device:
 
 def sample_actions(logits: torch.Tensor) -> torch.Tensor:
     """Categorical sample by the Gumbel-max trick (one kernel; uses the torch RNG)."""
-    uniform = torch.rand_like(logits).clamp_(1e-12, 1.0)
-    return torch.argmax(logits - torch.log(-torch.log(uniform)), dim=-1)
+    return Categorical(logits).sample()
 
 
 class Rollout:
-    """Preallocated (T, N, ...) buffers for one batch."""
+    """Preallocated (T, N, ...) buffers for one batch; ``action_shape`` () for Discrete actions
+    (long), (A,) for Box actions (float)."""
 
-    def __init__(self, t: int, n: int, obs_shape, obs_dtype: torch.dtype, device: torch.device):
+    def __init__(
+        self,
+        t: int,
+        n: int,
+        obs_shape,
+        obs_dtype: torch.dtype,
+        device: torch.device,
+        action_shape: tuple[int, ...] = (),
+    ):
         self.obs = torch.zeros((t, n, *obs_shape), dtype=obs_dtype, device=device)
-        self.actions = torch.zeros((t, n), dtype=torch.long, device=device)
+        action_dtype = torch.float32 if action_shape else torch.long
+        self.actions = torch.zeros((t, n, *action_shape), dtype=action_dtype, device=device)
         self.rewards = torch.zeros((t, n), device=device)
         self.values = torch.zeros((t, n), device=device)
         self.terminated = torch.zeros((t, n), dtype=torch.bool, device=device)
@@ -113,10 +126,17 @@ class Trainer:
             self.env.obs_shape,
             self.env.num_actions,
             config.policy,
-            separate_critic=config.optim.critic == "separate-adam"
-            or not config.policy.shared_trunk,
+            separate_critic=separate_critic_for(config),
+            continuous=self.env.continuous,
         ).to(self.device)
         self.rule: UpdateRule = build_update_rule(self.policy, config)
+        n = config.normalize
+        self.obs_norm = ObservationNormalizer(self.env.obs_shape, n.obs_clip) if n.obs else None
+        self.reward_scaler = (
+            RewardScaler(config.rollout.n_envs, config.rollout.gamma, n.reward_clip)
+            if n.reward
+            else None
+        )
 
         self.steps = 0
         self.updates = 0
@@ -138,6 +158,8 @@ class Trainer:
             "resets": self.resets,
             "wall_time": self.wall_offset,
             "torch_rng": torch.get_rng_state(),
+            "obs_norm": self.obs_norm and self.obs_norm.state_dict(),
+            "reward_scaler": self.reward_scaler and self.reward_scaler.state_dict(),
             "config": config_mod.to_dict(self.config),
         }
 
@@ -148,10 +170,26 @@ class Trainer:
         self.resets = int(state["resets"])
         self.wall_offset = float(state["wall_time"])
         torch.set_rng_state(state["torch_rng"])
+        if self.obs_norm is not None:
+            self.obs_norm.load_state_dict(state["obs_norm"])
+        if self.reward_scaler is not None:
+            self.reward_scaler.load_state_dict(state["reward_scaler"])
 
     # --- one batch ------------------------------------------------------------------------------
-    def obs_tensor(self, obs: np.ndarray) -> torch.Tensor:
+    def obs_tensor(self, obs: np.ndarray, *, update: bool = False) -> torch.Tensor:
+        """Observations as the policy sees them: normalised when ``normalize.obs`` (the
+        statistics first take in ``obs`` when ``update``)."""
+        if self.obs_norm is not None:
+            if update:
+                self.obs_norm.update(obs)
+            obs = self.obs_norm.normalize(obs)
         return torch.as_tensor(obs, device=self.device)
+
+    def training_reward(self, step) -> np.ndarray:
+        """The reward the update sees: scaled when ``normalize.reward`` (episodes stay raw)."""
+        if self.reward_scaler is None:
+            return step.reward
+        return self.reward_scaler.scale(step.reward, step.terminated | step.truncated)
 
     @torch.no_grad()
     def collect(self, rollout: Rollout, obs: torch.Tensor, on_episode) -> torch.Tensor:
@@ -159,21 +197,21 @@ class Trainer:
         rollout.truncated_obs.clear()
         n = self.config.rollout.n_envs
         for t in range(self.config.rollout.n_steps):
-            logits, values = self.policy(obs)
-            actions = sample_actions(logits)
+            head, values = self.policy(obs)
+            actions = self.policy.distribution(head).sample()
             step = self.env.step(actions.cpu().numpy())
             self.steps += n
             rollout.obs[t] = obs
             rollout.actions[t] = actions
             rollout.values[t] = values
-            rollout.rewards[t] = torch.as_tensor(step.reward, device=self.device)
+            rollout.rewards[t] = torch.as_tensor(self.training_reward(step), device=self.device)
             rollout.terminated[t] = torch.as_tensor(step.terminated, device=self.device)
             rollout.truncated[t] = torch.as_tensor(step.truncated, device=self.device)
             for env_index in np.flatnonzero(step.truncated & ~step.terminated):
                 rollout.truncated_obs.append((t, int(env_index), step.final_obs[env_index]))
             for episode in step.finished:
                 on_episode(episode)
-            obs = self.obs_tensor(step.obs)
+            obs = self.obs_tensor(step.obs, update=True)
         if rollout.truncated_obs:
             final = self.obs_tensor(np.stack([o for _, _, o in rollout.truncated_obs]))
             _, final_values = self.policy(final)
@@ -200,7 +238,7 @@ class Trainer:
         """Hand the flattened batch to the update rule. Returns its metrics dict (tensors)."""
         batch = Batch(
             obs=rollout.obs.reshape(-1, *rollout.obs.shape[2:]),
-            actions=rollout.actions.reshape(-1),
+            actions=rollout.actions.reshape(-1, *rollout.actions.shape[2:]),
             advantages=advantages,
             returns=returns,
             values=rollout.values.reshape(-1),
@@ -247,10 +285,19 @@ class Trainer:
             )
 
         obs_dtype = torch.uint8 if self.env.obs_dtype == np.uint8 else torch.float32
+        action_shape = (self.env.num_actions,) if self.env.continuous else ()
         rollout = Rollout(
-            c.rollout.n_steps, c.rollout.n_envs, self.env.obs_shape, obs_dtype, self.device
+            c.rollout.n_steps,
+            c.rollout.n_envs,
+            self.env.obs_shape,
+            obs_dtype,
+            self.device,
+            action_shape,
         )
-        obs = self.obs_tensor(self.env.reset(seed=c.seed + 1_000_003 * self.resets))
+        reset_obs = self.env.reset(seed=c.seed + 1_000_003 * self.resets)
+        obs = self.obs_tensor(reset_obs, update=True)
+        if self.reward_scaler is not None:
+            self.reward_scaler.reset()
         self.resets += 1
         last_time, last_steps = time.perf_counter(), self.steps
         fps = 0.0

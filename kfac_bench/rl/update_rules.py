@@ -14,166 +14,111 @@ The trainer (``trainer.py``) collects a batch, computes returns and hands a :cla
 Every rule returns the same metric dict (the ``updates.csv`` schema, ``store.UPDATE_COLUMNS``);
 entries a rule does not produce are None. ``kl`` is always the measured policy KL(π_old ‖ π_new)
 on the batch for the update actually applied, so it compares like with like across rules.
+
+Every rule works with Categorical and diagonal-Gaussian policies alike: it only asks the policy's
+distribution (``ActorCritic.distribution``, ``rl/distributions.py``) for log-probabilities,
+entropies and KLs. Under ``optim.lr_schedule = "kl-adaptive"`` the rule measures the KL after
+every update and moves its lr (``rl/stepsize.py``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 import torch
-import torch.nn.functional as F
 
 import variants
 from kfac_bench.config import RunConfig
 from kfac_bench.curvature import KFAC, KfacError
+from kfac_bench.rl.distributions import LOG_STD_FISHER
 from kfac_bench.rl.losses import (
-    categorical_kl,
     empirical_fisher_loss,
-    entropy_of,
     fisher_loss,
     training_loss,
     value_error,
+    value_fisher_loss,
 )
-from kfac_bench.rl.optimizers import RMSpropTF
 from kfac_bench.rl.policies import ActorCritic
-
-Metrics = dict[str, Any]  # tensors (read once per logged row), floats or None
-
-
-class Diverged(RuntimeError):
-    """Training produced a non-finite loss, factor or parameter."""
-
-
-@dataclass
-class Batch:
-    """One on-policy batch, flattened over (time, env): B = n_steps · n_envs rows."""
-
-    obs: torch.Tensor  # (B, *obs_shape)
-    actions: torch.Tensor  # (B,) long
-    advantages: torch.Tensor  # (B,)
-    returns: torch.Tensor  # (B,)
-    values: torch.Tensor  # (B,) V(s) when the batch was collected
-
-
-def schedule_fraction(config: RunConfig, steps_done: int) -> float:
-    """1 − steps/total, floored at 0: the linear-decay factor (openai/baselines ``Scheduler``;
-    SB3 ``progress_remaining``)."""
-    return max(0.0, 1.0 - steps_done / config.total_steps)
-
-
-def lr_at(config: RunConfig, steps_done: int) -> float:
-    """Scheduled lr: constant, or linear decay per env step."""
-    if config.optim.lr_schedule == "linear":
-        return config.optim.lr * schedule_fraction(config, steps_done)
-    return config.optim.lr
-
-
-def empty_metrics(lr: float) -> Metrics:
-    keys = ("policy_loss", "value_loss", "entropy", "grad_norm", "kl", "predicted_kl")
-    keys += ("predicted_kl_total", "trust_q", "nu", "inverse_staleness", "clip_fraction")
-    return {**dict.fromkeys(keys), "lr": lr}
-
-
-def global_grad_norm(params: list[torch.nn.Parameter]) -> torch.Tensor:
-    return torch.sqrt(sum(p.grad.pow(2).sum() for p in params if p.grad is not None))
-
-
-def check_finite(loss: torch.Tensor, updates_done: int) -> None:
-    if not torch.isfinite(loss):
-        raise Diverged(f"non-finite loss at update {updates_done + 1}")
-
-
-class UpdateRule:
-    """Base: the policy, its optimiser(s) and the metric schema. Subclasses define ``update``."""
-
-    kfac: KFAC | None = None
-
-    def __init__(self, policy: ActorCritic, config: RunConfig) -> None:
-        self.policy = policy
-        self.config = config
-        self.updates = 0
-
-    def update(self, batch: Batch, steps_done: int, log: bool) -> Metrics:
-        raise NotImplementedError
-
-    def _measured_kl(self, obs: torch.Tensor, old_log_probs: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            new_logits, _ = self.policy(obs)
-            return categorical_kl(old_log_probs, F.log_softmax(new_logits, dim=-1))
-
-    def state_dict(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "critic_optimizer": None}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
-
-    def diagnostic_columns(self) -> list[str]:
-        return []
-
-    def diagnostics(self) -> dict[str, float]:
-        return {}
-
-    def close(self) -> None:
-        pass
-
-
-def first_order_optimizer(params, config: RunConfig) -> torch.optim.Optimizer:
-    """The controls' optimiser (``optim.first_order``)."""
-    o = config.optim
-    if o.first_order == "rmsprop-tf":
-        return RMSpropTF(params, lr=o.lr, alpha=o.rmsprop_alpha, eps=o.rmsprop_eps)
-    if o.first_order == "rmsprop-torch":
-        return torch.optim.RMSprop(params, lr=o.lr, alpha=o.rmsprop_alpha, eps=o.rmsprop_eps)
-    return torch.optim.Adam(params, lr=o.lr, eps=o.adam_eps)
-
-
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-
+from kfac_bench.rl.rule_base import (  # noqa: F401  (re-exported: the names callers use)
+    Batch,
+    Diverged,
+    Metrics,
+    UpdateRule,
+    check_finite,
+    clip_gradients,
+    empty_metrics,
+    first_order_optimizer,
+    global_grad_norm,
+    lr_at,
+    schedule_fraction,
+    set_lr,
+)
 
 # ---------------------------------------------------------------------------------------------
 
 
 class AcktrRule(UpdateRule):
-    """Fisher pass → training loss backward → K-FAC step (→ separate critic's Adam steps)."""
+    """Fisher pass → training loss backward → K-FAC step (→ the separate critic's steps).
+
+    A separate critic (``optim.critic``) is fitted ``optim.critic_steps`` times per batch towards
+    the batch's returns: ``separate-adam`` with Adam on vf_coef·value_loss (its first step on the
+    gradient of the joint backward), ``separate-kfac`` with its own K-FAC (``critic_kfac.*``, lr
+    ``optim.critic_lr``) on value_loss, each step with the Gauss-Newton Fisher pass of
+    :func:`value_fisher_loss` (openai/baselines ``acktr/value_functions.py``: lr 1e-3, kl_clip
+    0.3, damping 0.1, decay 0.95, 25 steps per batch). A Gaussian policy's log σ is stepped by its
+    exact Fisher (``policy.log_std_update = "fisher"``) or by its plain gradient (``"sgd"``)."""
 
     def __init__(self, policy: ActorCritic, config: RunConfig) -> None:
         super().__init__(policy, config)
-        self.separate = config.optim.critic == "separate-adam"
+        self.separate = config.optim.critic != "shared"
+        log_std = policy.log_std_parameter
+        exact, plain = {}, []
+        if log_std is not None:
+            if config.policy.log_std_update == "fisher":
+                exact = {log_std: LOG_STD_FISHER}
+            else:
+                plain = [log_std]
         self.kfac = KFAC(
             policy.kfac_module() if self.separate else policy,
             variants.get(config.variant),
             config.kfac,
             lr=config.optim.lr,
             cold_clip=config.optim.max_grad_norm,
+            exact_diagonal=exact,
+            plain=plain,
         )
         self.optimizer = self.kfac
         self.critic_optimizer: torch.optim.Optimizer | None = None
-        if self.separate:
+        self.critic_kfac: KFAC | None = None
+        if config.optim.critic == "separate-adam":
             self.critic_optimizer = torch.optim.Adam(
                 policy.critic_parameters(), lr=config.optim.critic_lr, fused=True
+            )
+        elif config.optim.critic == "separate-kfac":
+            self.critic_kfac = KFAC(
+                policy.critic,
+                variants.get(config.variant),
+                config.critic_kfac,
+                lr=config.optim.critic_lr,
             )
         self.actor_params = set(policy.actor_parameters())
 
     def update(self, batch: Batch, steps_done: int, log: bool) -> Metrics:
         c, kfac = self.config, self.kfac
-        lr = lr_at(c, steps_done)
+        lr = self.lr_now(steps_done)
         for group in kfac.param_groups:
             group["lr"] = lr
             if c.kfac.kl_clip_schedule == "linear":
                 group["kl_clip"] = c.kfac.kl_clip * schedule_fraction(c, steps_done)
 
         with kfac.fisher_pass() as fisher:
-            logits, values = self.policy(batch.obs)
-            terms = training_loss(logits, values, batch.actions, batch.advantages, batch.returns, c)
+            head, values = self.policy(batch.obs)
+            dist = self.policy.distribution(head)
+            terms = training_loss(dist, values, batch.actions, batch.advantages, batch.returns, c)
             if c.kfac.fisher_type == "empirical":
                 fisher.backward(empirical_fisher_loss(terms, c, not self.separate))
             else:
                 vf_coef = c.loss.vf_fisher_coef
                 fisher.backward(
-                    fisher_loss(logits, values, batch.actions, vf_coef, not self.separate)
+                    fisher_loss(dist, values, batch.actions, vf_coef, not self.separate)
                 )
         check_finite(terms.total, self.updates)
         kfac.zero_grad(set_to_none=True)
@@ -197,9 +142,12 @@ class AcktrRule(UpdateRule):
         if self.critic_optimizer is not None:
             self.critic_optimizer.step()
             self.fit_critic(batch.obs, batch.returns, c.optim.critic_steps - 1)
+        elif self.critic_kfac is not None:
+            self.fit_critic_kfac(batch.obs, batch.returns, c.optim.critic_steps)
         self.updates += 1
+        if self.kl_wanted(log):
+            metrics["kl"] = self._measured_kl(batch.obs, terms.dist)
         if log:
-            metrics["kl"] = self._measured_kl(batch.obs, terms.log_probs_all.detach())
             metrics["predicted_kl"] = kfac.applied_step_kl(self.actor_params)
             metrics["predicted_kl_total"] = kfac.applied_step_kl()
         return metrics
@@ -219,14 +167,43 @@ class AcktrRule(UpdateRule):
             (self.config.loss.vf_coef * loss).backward()
             self.critic_optimizer.step()
 
+    def fit_critic_kfac(self, obs: torch.Tensor, returns: torch.Tensor, steps: int) -> None:
+        """``steps`` K-FAC steps of the separate value network on value_loss(V(s), R) (class
+        docstring); obs (B, *obs_shape), returns (B,) fixed for the batch. The gradient the joint
+        backward left on the critic is dropped first: this fit owns the critic's steps."""
+        critic_kfac = self.critic_kfac
+        assert critic_kfac is not None
+        for _ in range(steps):
+            critic_kfac.zero_grad(set_to_none=True)
+            with critic_kfac.fisher_pass() as fisher:
+                values = self.policy.critic_value(obs)
+                fisher.backward(value_fisher_loss(values))
+            loss = value_error(values, returns, self.config)
+            check_finite(loss, self.updates)
+            critic_kfac.zero_grad(set_to_none=True)
+            loss.backward()
+            try:
+                critic_kfac.step()
+            except KfacError as error:
+                raise Diverged(f"critic: {error}") from error
+
     def state_dict(self) -> dict:
         critic = self.critic_optimizer and self.critic_optimizer.state_dict()
-        return {"optimizer": self.kfac.state_dict(), "critic_optimizer": critic}
+        if self.critic_kfac is not None:
+            critic = self.critic_kfac.state_dict()
+        return {
+            "optimizer": self.kfac.state_dict(),
+            "critic_optimizer": critic,
+            "stepsize": self._stepsize_state(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.kfac.load_state_dict(state["optimizer"])
         if self.critic_optimizer is not None:
             self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+        if self.critic_kfac is not None:
+            self.critic_kfac.load_state_dict(state["critic_optimizer"])
+        self._load_stepsize(state)
 
     def diagnostic_columns(self) -> list[str]:
         if not self.config.log.diagnostics:
@@ -239,6 +216,8 @@ class AcktrRule(UpdateRule):
 
     def close(self) -> None:
         self.kfac.close()
+        if self.critic_kfac is not None:
+            self.critic_kfac.close()
 
 
 class A2cRule(UpdateRule):
@@ -254,10 +233,11 @@ class A2cRule(UpdateRule):
 
     def update(self, batch: Batch, steps_done: int, log: bool) -> Metrics:
         c = self.config
-        lr = lr_at(c, steps_done)
+        lr = self.lr_now(steps_done)
         set_lr(self.optimizer, lr)
-        logits, values = self.policy(batch.obs)
-        terms = training_loss(logits, values, batch.actions, batch.advantages, batch.returns, c)
+        head, values = self.policy(batch.obs)
+        dist = self.policy.distribution(head)
+        terms = training_loss(dist, values, batch.actions, batch.advantages, batch.returns, c)
         check_finite(terms.total, self.updates)
         self.optimizer.zero_grad(set_to_none=True)
         terms.total.backward()
@@ -271,18 +251,9 @@ class A2cRule(UpdateRule):
             entropy=terms.entropy.detach(),
             grad_norm=grad_norm,
         )
-        if log:
-            metrics["kl"] = self._measured_kl(batch.obs, terms.log_probs_all.detach())
+        if self.kl_wanted(log):
+            metrics["kl"] = self._measured_kl(batch.obs, terms.dist)
         return metrics
-
-
-def clip_gradients(
-    params: list[torch.nn.Parameter], max_norm: float | None, want_norm: bool
-) -> torch.Tensor | None:
-    """Clip the global gradient norm (when ``max_norm`` is set); returns the pre-clip norm."""
-    if max_norm is not None:
-        return torch.nn.utils.clip_grad_norm_(params, max_norm)
-    return global_grad_norm(params) if want_norm else None
 
 
 def clipped_surrogate(
@@ -319,15 +290,15 @@ class PpoRule(UpdateRule):
 
     def update(self, batch: Batch, steps_done: int, log: bool) -> Metrics:
         c, p = self.config, self.config.ppo
-        lr = lr_at(c, steps_done)
+        lr = self.lr_now(steps_done)
         set_lr(self.optimizer, lr)
         clip = p.clip_range
         if p.clip_range_schedule == "linear":
             clip *= schedule_fraction(c, steps_done)
         with torch.no_grad():
-            old_logits, _ = self.policy(batch.obs)
-            old_log_probs_all = F.log_softmax(old_logits, dim=-1)
-            old_log_prob = old_log_probs_all.gather(1, batch.actions[:, None]).squeeze(1)
+            old_head, _ = self.policy(batch.obs)
+            old_dist = self.policy.distribution(old_head).detach()
+            old_log_prob = old_dist.log_prob(batch.actions)
 
         n = batch.obs.shape[0]
         losses: list[torch.Tensor] = []
@@ -366,8 +337,8 @@ class PpoRule(UpdateRule):
             metrics["grad_norm"] = torch.stack(norms).mean()
         if last_epoch_clipped:
             metrics["clip_fraction"] = torch.stack(last_epoch_clipped).mean()
-        if log:
-            metrics["kl"] = self._measured_kl(batch.obs, old_log_probs_all)
+        if self.kl_wanted(log):
+            metrics["kl"] = self._measured_kl(batch.obs, old_dist)
         return metrics
 
     def minibatch_loss(
@@ -375,9 +346,9 @@ class PpoRule(UpdateRule):
     ) -> tuple[torch.Tensor, ...]:
         """(loss, L_clip, L_value, H, log r) on the rows ``idx`` (class docstring)."""
         c = self.config
-        logits, values = self.policy(batch.obs[idx])
-        log_probs_all = F.log_softmax(logits, dim=-1)
-        log_prob = log_probs_all.gather(1, batch.actions[idx, None]).squeeze(1)
+        head, values = self.policy(batch.obs[idx])
+        dist = self.policy.distribution(head)
+        log_prob = dist.log_prob(batch.actions[idx])
         advantages = batch.advantages[idx]
         if c.rollout.normalize_advantages and len(idx) > 1:
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
@@ -391,7 +362,7 @@ class PpoRule(UpdateRule):
             clipped = old + (values - old).clamp(-c.ppo.clip_value, c.ppo.clip_value)
             error = torch.max((values - returns).pow(2), (clipped - returns).pow(2)).mean()
             value_loss = 0.5 * error if c.loss.value_loss == "half-mse" else error
-        entropy = entropy_of(log_probs_all)
+        entropy = dist.entropy().mean()
         loss = policy_loss + c.loss.vf_coef * value_loss - c.loss.ent_coef * entropy
         return loss, policy_loss, value_loss, entropy, log_ratio
 

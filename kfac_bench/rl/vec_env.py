@@ -69,13 +69,21 @@ class _EpisodeTracker:
 
 
 class VecEnv(ABC):
-    """N copies of one environment, stepped together, reset on the same step they end."""
+    """N copies of one environment, stepped together, reset on the same step they end.
+
+    Discrete actions: ``num_actions`` choices, actions (N,) int. Continuous (``continuous``):
+    ``num_actions`` action dimensions with bounds ``action_low``/``action_high`` (A,), actions
+    (N, A) float, clipped to the bounds by the env before stepping (:func:`as_box_actions`); the
+    trainer keeps the unclipped ones for the policy."""
 
     num_envs: int
     obs_shape: tuple[int, ...]
     obs_dtype: np.dtype
     num_actions: int
     env_id: str
+    continuous: bool = False
+    action_low: np.ndarray | None = None
+    action_high: np.ndarray | None = None
 
     def __init__(self, env_id: str, num_envs: int) -> None:
         if num_envs < 1:
@@ -90,7 +98,7 @@ class VecEnv(ABC):
 
     @abstractmethod
     def step(self, actions: np.ndarray) -> Step:
-        """Apply integer actions of shape (N,) in ``[0, num_actions)``."""
+        """Apply integer actions (N,) in ``[0, num_actions)``, or Box actions (N, A)."""
 
     @abstractmethod
     def render(self) -> np.ndarray:
@@ -115,3 +123,11 @@ def as_actions(actions: np.ndarray, num_envs: int) -> np.ndarray:
     if actions.shape != (num_envs,):
         raise ValueError(f"expected actions of shape ({num_envs},), got {actions.shape}")
     return actions.astype(np.int64, copy=False)
+
+
+def as_box_actions(actions: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """``actions`` (N, A) clipped to [low, high] (A,) as float32; ValueError for another shape."""
+    actions = np.asarray(actions)
+    if actions.ndim != 2 or actions.shape[1] != low.shape[0]:
+        raise ValueError(f"expected actions of shape (N, {low.shape[0]}), got {actions.shape}")
+    return np.clip(actions, low, high).astype(np.float32, copy=False)
