@@ -228,16 +228,6 @@ PRESETS: dict[str, Preset] = {
     p.name: p
     for p in [
         Preset(
-            "acktr-mujoco",
-            "openai/baselines acktr_cont.py: 2500-step batches, KL-adaptive lr, K-FAC value net",
-            dict(BASELINES_ACKTR_CONT),
-        ),
-        Preset(
-            "mujoco-tuned",
-            "default for continuous control: acktr-mujoco with log σ stepped by its exact Fisher",
-            {**BASELINES_ACKTR_CONT, "policy.log_std_update": "fisher"},
-        ),
-        Preset(
             "classic-tuned",
             "default for classic control: actor-only natural gradient (lr 0.02), Adam critic ×8",
             {
@@ -350,6 +340,16 @@ PRESETS: dict[str, Preset] = {
                 "kfac.momentum": 0.0,
                 "kfac.cold_iters": 0,
             },
+        ),
+        Preset(
+            "acktr-mujoco",
+            "openai/baselines acktr_cont.py: 2500-step batches, KL-adaptive lr, K-FAC value net",
+            dict(BASELINES_ACKTR_CONT),
+        ),
+        Preset(
+            "mujoco-tuned",
+            "default for continuous control: acktr-mujoco with log σ stepped by its exact Fisher",
+            {**BASELINES_ACKTR_CONT, "policy.log_std_update": "fisher"},
         ),
         Preset(
             "a2c",

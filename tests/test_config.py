@@ -315,6 +315,7 @@ def test_defaults_and_every_preset_on_every_family_are_in_domain():
     envs = {
         "classic": "CartPole-v1",
         "generic": "Pendulum-v1",
+        "continuous": "Hopper-v5",
         "minatar": "MinAtar/Breakout-v1",
         "atari": "ALE/Pong-v5",
     }

@@ -39,11 +39,14 @@ def test_unknown_id_names_close_matches() -> None:
         make_env("NoSuchGame-v0", 2)
 
 
-def test_box_action_space_is_rejected() -> None:
-    with pytest.raises(EnvError, match="Pendulum-v1 has a Box action space") as err:
-        check_env_id("Pendulum-v1")
-    assert "only discrete (Categorical) policies are supported" in str(err.value)
-    assert "\n" not in str(err.value)
+def test_bounded_box_actions_make_a_continuous_env() -> None:
+    env = make_env("Pendulum-v1", 2)
+    assert env.continuous and env.num_actions == 1
+    np.testing.assert_array_equal(env.action_low, [-2.0])
+    env.reset(seed=0)
+    step = env.step(np.array([[5.0], [-5.0]]))  # clipped to the bounds, no error
+    assert step.obs.shape == (2, 3)
+    env.close()
 
 
 def test_non_box_observation_space_is_rejected() -> None:

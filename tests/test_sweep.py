@@ -88,10 +88,10 @@ def test_unknown_or_non_control_preset_in_controls(tmp_path):
 
 def test_unknown_env_and_unsupported_env(tmp_path):
     problems = problems_of(
-        tmp_path, 'variants = ["paper"]\nseeds = 1\nenvs = ["CartPol-v1", "Pendulum-v1"]\n'
+        tmp_path, 'variants = ["paper"]\nseeds = 1\nenvs = ["CartPol-v1", "Blackjack-v1"]\n'
     )
     assert "did you mean CartPole-v1" in one(problems, "unknown environment id 'CartPol-v1'")
-    assert "only discrete" in one(problems, "Pendulum-v1", "Box action space")
+    assert "only Box observations" in one(problems, "Blackjack-v1", "Tuple observation space")
 
 
 def test_unknown_preset(tmp_path):

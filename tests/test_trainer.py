@@ -327,7 +327,7 @@ def test_cli_play_writes_a_gif(tmp_path):
     ("args", "message"),
     [
         (["--env", "CartPol-v1"], "CartPol-v1"),
-        (["--env", "Pendulum-v1"], "Box action space"),
+        (["--env", "Blackjack-v1"], "Tuple observation space"),
         (
             ["--env", "CartPole-v1", "--variant", "nope"],
             "unknown variant 'nope'; valid variants: paper",

@@ -303,7 +303,9 @@ def spd_matrix(n: int, dtype: torch.dtype, device_type: str = "cpu") -> torch.Te
 
 class ShapeOnlyEnv:
     """Stands in for the vector env when only ``Trainer.update`` is timed: it has the shapes the
-    trainer builds its policy and buffers from, and nothing else."""
+    trainer builds its policy and buffers from, and nothing else (Discrete actions)."""
+
+    continuous = False
 
     def __init__(self, obs_shape: tuple[int, ...], num_actions: int, obs_dtype) -> None:
         self.obs_shape, self.num_actions, self.obs_dtype = obs_shape, num_actions, obs_dtype
