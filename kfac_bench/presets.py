@@ -358,7 +358,7 @@ PRESETS: dict[str, Preset] = {
             per_family={
                 "classic": _A2C_ZOO_CLASSIC,
                 "generic": _A2C_ZOO_CLASSIC,
-                "continuous": A2C_ZOO_CONTINUOUS,
+                "continuous": {**_A2C_ZOO_CLASSIC, **A2C_ZOO_CONTINUOUS},
             },
             per_env={"Acrobot-v1": {"rollout.n_envs": 16}},  # rl-zoo a2c.yml (without normalize)
         ),

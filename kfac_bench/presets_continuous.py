@@ -95,11 +95,7 @@ PPO_CLEANRL_CONTINUOUS: dict[str, Any] = {
 # rl-zoo hyperparams/a2c.yml MuJoCo entries (`normalize: true`) over SB3 A2C defaults: 1 env × 5
 # steps, lr 7e-4 constant, torch RMSprop (α 0.99, ε 1e-5), n-step returns, ent 0, vf 0.5,
 # max_grad_norm 0.5, separate 64-64 tanh networks; VecNormalize of observations and rewards.
-A2C_ZOO_CONTINUOUS: dict[str, Any] = {
-    "optim.first_order": "rmsprop-torch",
-    "loss.ent_coef": 0.0,
-    "optim.lr_schedule": "constant",
-    "policy.shared_trunk": False,
+A2C_ZOO_CONTINUOUS: dict[str, Any] = {  # over presets._A2C_ZOO_CLASSIC
     "rollout.n_envs": 1,
     "normalize.obs": True,
     "normalize.reward": True,

@@ -151,9 +151,7 @@ class GymLoopVecEnv(VecEnv):
 
     def step(self, actions: np.ndarray) -> Step:
         if self.continuous:
-            actions = as_box_actions(actions, self.action_low, self.action_high)
-            if actions.shape[0] != self.num_envs:
-                raise ValueError(f"expected {self.num_envs} actions, got {actions.shape[0]}")
+            actions = as_box_actions(actions, self.num_envs, self.action_low, self.action_high)
         else:
             actions = as_actions(actions, self.num_envs) + self._action_start
         n = self.num_envs

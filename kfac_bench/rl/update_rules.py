@@ -76,9 +76,10 @@ class AcktrRule(UpdateRule):
                 exact = {log_std: LOG_STD_FISHER}
             else:
                 plain = [log_std]
+        variant = variants.get(config.variant)
         self.kfac = KFAC(
             policy.kfac_module() if self.separate else policy,
-            variants.get(config.variant),
+            variant,
             config.kfac,
             lr=config.optim.lr,
             cold_clip=config.optim.max_grad_norm,
@@ -95,7 +96,7 @@ class AcktrRule(UpdateRule):
         elif config.optim.critic == "separate-kfac":
             self.critic_kfac = KFAC(
                 policy.critic,
-                variants.get(config.variant),
+                variant,
                 config.critic_kfac,
                 lr=config.optim.critic_lr,
             )
@@ -174,7 +175,6 @@ class AcktrRule(UpdateRule):
         critic_kfac = self.critic_kfac
         assert critic_kfac is not None
         for _ in range(steps):
-            critic_kfac.zero_grad(set_to_none=True)
             with critic_kfac.fisher_pass() as fisher:
                 values = self.policy.critic_value(obs)
                 fisher.backward(value_fisher_loss(values))

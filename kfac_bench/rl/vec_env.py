@@ -125,9 +125,13 @@ def as_actions(actions: np.ndarray, num_envs: int) -> np.ndarray:
     return actions.astype(np.int64, copy=False)
 
 
-def as_box_actions(actions: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+def as_box_actions(
+    actions: np.ndarray, num_envs: int, low: np.ndarray, high: np.ndarray
+) -> np.ndarray:
     """``actions`` (N, A) clipped to [low, high] (A,) as float32; ValueError for another shape."""
     actions = np.asarray(actions)
-    if actions.ndim != 2 or actions.shape[1] != low.shape[0]:
-        raise ValueError(f"expected actions of shape (N, {low.shape[0]}), got {actions.shape}")
+    if actions.shape != (num_envs, low.shape[0]):
+        raise ValueError(
+            f"expected actions of shape ({num_envs}, {low.shape[0]}), got {actions.shape}"
+        )
     return np.clip(actions, low, high).astype(np.float32, copy=False)
