@@ -194,6 +194,9 @@ def test_shipped_specs_validate_in_a_dry_run(path, tmp_path, capsys):
     assert sweep.run(parse(path, "--dry-run", "--out", tmp_path / "out")) == 0
     out = capsys.readouterr().out
     assert "to run" in out and not (tmp_path / "out").exists()
+    spec = load_spec(path)
+    for run in plan_runs(spec):  # controls too: the base preset's own budget must not win
+        assert run.config.total_steps == spec.steps_per_env.get(run.env, spec.steps), run.name
 
 
 def test_shipped_specs_exist():

@@ -90,8 +90,10 @@ def _jobs(spec: SweepSpec, env: str) -> list[tuple[str | None, str, str | None, 
             jobs.append((None, variant, spec.preset, {**spec.overrides, **axes}, axes))
     for control in spec.controls:
         for axes in _combos(control_grid):
+            shared = PRESETS[base_preset].values_for(env, family)
+            shared.pop("total_steps", None)  # the budget is the spec's, not the base preset's
             overrides = {
-                **PRESETS[base_preset].values_for(env, family),
+                **shared,
                 **spec.overrides,
                 **PRESETS[control].values_for(env, family),
                 **axes,
