@@ -39,16 +39,18 @@ from kfac_bench.fidelity.exact import FisherProblem, fisher_terms
 from kfac_bench.fidelity.layout import LayerSlot
 
 LayerBatches = dict[str, tuple[torch.Tensor, torch.Tensor]]
-# (logits (B, A), values (B,)) -> the batch-mean loss whose per-example terms build the factors
+# (head (B, A), values (B,)) -> the batch-mean loss whose per-example terms build the factors
 FisherLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def sampled_loss(problem: FisherProblem) -> FisherLoss:
     """The trainer's Fisher loss on ``problem``'s sampled actions and noise: mean_n ℓ_n."""
 
-    def loss(logits: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    def loss(head: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         p = problem
-        terms = fisher_terms(logits, values, p.actions, p.noise, p.vf_fisher_coef, p.include_value)
+        terms = fisher_terms(
+            head, values, p.actions, p.noise, p.vf_fisher_coef, p.include_value, p.log_std
+        )
         return terms.mean()
 
     return loss
@@ -63,8 +65,8 @@ def capture_layer_batches(problem: FisherProblem, loss: FisherLoss | None = None
     loss_fn = sampled_loss(problem) if loss is None else loss
     try:
         with capture.recording():
-            logits, values = problem.policy(problem.obs)
-            loss = loss_fn(logits, values)
+            head, values = problem.policy(problem.obs)
+            loss = loss_fn(head, values)
             grads = capture.output_gradients(loss)
             return {name: (capture.inputs[name], grads[name].detach()) for name in modules}
     finally:

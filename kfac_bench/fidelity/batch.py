@@ -8,7 +8,12 @@ network that run ``s`` starts from.
 Observations come from rolling that policy in ``make_env(env, n_envs)`` (the config's
 ``rollout.n_envs``, at most B) for ⌈B / n_envs⌉ steps from ``reset(seed)``, actions sampled from
 the policy (a seeded ``torch.Generator``), in the trainer's time-major order; the first B rows
-are kept. The value term's ε ~ N(0, 1) is drawn once from the same generator.
+are kept. The value term's ε ~ N(0, 1) is drawn once from the same generator. A Gaussian policy's
+actions are μ + σ·z with z from that generator (unclipped, as the trainer stores them; the env
+clips). Under ``normalize.obs`` the policy sees normalised observations: a checkpoint's frozen
+statistics, or for the initial policy fresh statistics updated with each step's observations
+before normalising them, as the trainer's first batch is. Reward scaling (``normalize.reward``)
+is not applied, so with it the value targets are on the raw reward scale.
 
 The gradient g that all directions precondition is the trainer's training-loss gradient on this
 batch (``rl/trainer.py`` ``Trainer.update``): −mean(Â·log π(a)) + vf_coef·value_loss − ent_coef·H,
@@ -31,12 +36,13 @@ from torch import nn
 from kfac_bench import config as config_mod
 from kfac_bench import store
 from kfac_bench.config import RunConfig
-from kfac_bench.fidelity.exact import FisherProblem
+from kfac_bench.fidelity.exact import FisherProblem, action_distribution
 from kfac_bench.fidelity.layout import LayerSlot, build_slots, flatten
 from kfac_bench.presets import build_config
 from kfac_bench.rl.envs import VecEnv
 from kfac_bench.rl.losses import empirical_fisher_loss
-from kfac_bench.rl.policies import ActorCritic, build_policy
+from kfac_bench.rl.normalize import ObservationNormalizer
+from kfac_bench.rl.policies import ActorCritic, build_policy, separate_critic_for
 from kfac_bench.rl.returns import gae_advantages, nstep_returns
 from kfac_bench.rl.trainer import training_loss as trainer_loss
 
@@ -49,6 +55,7 @@ class Source:
     checkpoint: Path | None  # checkpoint.pt, or None for the initial policy
     state: dict | None  # the policy's state dict (None: initial policy)
     step: int  # env steps the policy was trained for
+    obs_norm: dict | None = None  # the checkpoint's observation statistics (``normalize.obs``)
 
     @property
     def label(self) -> str:
@@ -77,16 +84,20 @@ def load_source(env: str | None, checkpoint: Path | None, seed: int) -> Source:
     config = config_mod.from_dict(state["config"])
     if env is not None and env != config.env:
         raise ValueError(f"--env {env} but the checkpoint was trained on {config.env}")
-    return Source(config, file, state["policy"], int(state.get("steps", 0)))
+    steps = int(state.get("steps", 0))
+    return Source(config, file, state["policy"], steps, state.get("obs_norm"))
 
 
 def build_measured_policy(source: Source, env: VecEnv, seed: int, device: torch.device):
     """The float64 policy (initial from ``seed``, or the checkpoint's weights), eval mode."""
-    separate = source.config.optim.critic == "separate-adam"
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         policy = build_policy(
-            env.obs_shape, env.num_actions, source.config.policy, separate_critic=separate
+            env.obs_shape,
+            env.num_actions,
+            source.config.policy,
+            separate_critic=separate_critic_for(source.config),
+            continuous=env.continuous,
         )
     if source.state is not None:
         policy.load_state_dict(source.state)
@@ -97,15 +108,20 @@ def build_measured_policy(source: Source, env: VecEnv, seed: int, device: torch.
 class Rollout:
     """B transitions (time-major, flattened): what both Fisher estimates and g are built from."""
 
-    obs: torch.Tensor  # (B, *obs_shape) as the env gives it (float32 or uint8)
-    actions: torch.Tensor  # (B,) long
+    obs: torch.Tensor  # (B, *obs_shape) as the policy sees it (float32 or uint8)
+    actions: torch.Tensor  # (B,) long, or (B, A) float for a Gaussian policy
     advantages: torch.Tensor  # (B,) float64, before normalisation
     returns: torch.Tensor  # (B,) float64
     noise: torch.Tensor  # (B,) float64, ε of the value Fisher term
 
 
-def _categorical(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    probs = torch.softmax(logits.detach().double().cpu(), dim=-1)
+def _sample(policy: ActorCritic, head: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Actions of ``policy.distribution(head)`` drawn from ``generator``: (N,) long or (N, A)."""
+    head = head.detach().double().cpu()
+    if policy.continuous:
+        std = policy.log_std_parameter.detach().double().cpu().exp()
+        return head + std * torch.randn(head.shape, generator=generator, dtype=torch.float64)
+    probs = torch.softmax(head, dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
@@ -117,11 +133,31 @@ class Rollouts:
     The first call is :func:`collect`.
     """
 
-    def __init__(self, policy: ActorCritic, env: VecEnv, config: RunConfig, seed: int) -> None:
+    def __init__(
+        self,
+        policy: ActorCritic,
+        env: VecEnv,
+        config: RunConfig,
+        seed: int,
+        obs_norm: dict | None = None,
+    ) -> None:
         self.policy, self.env, self.config = policy, env, config
         self.device = next(policy.parameters()).device
         self.generator = torch.Generator().manual_seed(seed)
-        self.obs = torch.as_tensor(env.reset(seed=seed), device=self.device)
+        self.normalizer, self.frozen = None, obs_norm is not None
+        if config.normalize.obs:
+            self.normalizer = ObservationNormalizer(env.obs_shape, config.normalize.obs_clip)
+            if obs_norm is not None:
+                self.normalizer.load_state_dict(obs_norm)
+        self.obs = self._seen(env.reset(seed=seed), update=True)
+
+    def _seen(self, raw: np.ndarray, update: bool = False) -> torch.Tensor:
+        """Raw observations -> what the policy sees (module docstring)."""
+        if self.normalizer is not None:
+            if update and not self.frozen:
+                self.normalizer.update(raw)
+            raw = self.normalizer.normalize(raw)
+        return torch.as_tensor(raw, device=self.device)
 
     @torch.no_grad()
     def next(self, batch: int) -> Rollout:
@@ -132,15 +168,17 @@ class Rollouts:
         obs = self.obs
         shape = (steps, n)
         all_obs = torch.zeros((*shape, *env.obs_shape), dtype=obs.dtype, device=device)
-        actions = torch.zeros(shape, dtype=torch.long)
+        continuous = policy.continuous
+        action_shape = (*shape, env.num_actions) if continuous else shape
+        actions = torch.zeros(action_shape, dtype=torch.float64 if continuous else torch.long)
         values = torch.zeros(shape, dtype=torch.float64)
         rewards = torch.zeros(shape, dtype=torch.float64)
         terminated = torch.zeros(shape, dtype=torch.bool)
         truncated = torch.zeros(shape, dtype=torch.bool)
         final_values = torch.zeros(shape, dtype=torch.float64)
         for t in range(steps):
-            logits, value = policy(obs)
-            action = _categorical(logits, generator)
+            head, value = policy(obs)
+            action = _sample(policy, head, generator)
             step = env.step(action.numpy())
             all_obs[t], actions[t], values[t] = obs, action, value.cpu()
             rewards[t] = torch.as_tensor(step.reward, dtype=torch.float64)
@@ -148,9 +186,9 @@ class Rollouts:
             truncated[t] = torch.as_tensor(step.truncated)
             cut = np.flatnonzero(step.truncated & ~step.terminated)
             if cut.size:
-                final = torch.as_tensor(step.final_obs[cut], device=device)
+                final = self._seen(step.final_obs[cut])
                 final_values[t, torch.as_tensor(cut)] = policy(final)[1].cpu()
-            obs = torch.as_tensor(step.obs, device=device)
+            obs = self._seen(step.obs, update=True)
         self.obs = obs
         last_value = policy(obs)[1].cpu()
         r = self.config.rollout
@@ -163,24 +201,32 @@ class Rollouts:
         noise = torch.randn(batch, generator=generator, dtype=torch.float64)
         return Rollout(
             obs=all_obs.reshape(-1, *env.obs_shape)[:batch],
-            actions=actions.reshape(-1)[:batch].to(device),
+            actions=actions.flatten(0, 1)[:batch].to(device),
             advantages=advantages.reshape(-1)[:batch].to(device),
             returns=returns.reshape(-1)[:batch].to(device),
             noise=noise.to(device),
         )
 
 
-def collect(policy: ActorCritic, env: VecEnv, config: RunConfig, batch: int, seed: int) -> Rollout:
+def collect(
+    policy: ActorCritic,
+    env: VecEnv,
+    config: RunConfig,
+    batch: int,
+    seed: int,
+    obs_norm: dict | None = None,
+) -> Rollout:
     """Roll ``policy`` for ⌈batch / N⌉ steps of ``env`` (N envs) from ``reset(seed)``; keep the
     first ``batch``."""
-    return Rollouts(policy, env, config, seed).next(batch)
+    return Rollouts(policy, env, config, seed, obs_norm).next(batch)
 
 
 def training_loss(policy: nn.Module, rollout: Rollout, config: RunConfig) -> torch.Tensor:
     """The trainer's loss on the batch (``rl/trainer.py`` ``training_loss``)."""
-    logits, values = policy(rollout.obs)
+    head, values = policy(rollout.obs)
+    dist = policy.distribution(head)
     return trainer_loss(
-        logits, values, rollout.actions, rollout.advantages, rollout.returns, config
+        dist, values, rollout.actions, rollout.advantages, rollout.returns, config
     ).total
 
 
@@ -194,19 +240,21 @@ def training_gradient(
     return flatten(slots, dict(zip(keys, grads)))
 
 
-def empirical_loss(rollout: Rollout, config: RunConfig):
-    """(logits, values) -> the empirical Fisher pass's batch-mean loss on ``rollout``.
+def empirical_loss(rollout: Rollout, config: RunConfig, log_std: torch.Tensor | None = None):
+    """(head, values) -> the empirical Fisher pass's batch-mean loss on ``rollout``.
 
     As ``AcktrRule.update`` under ``kfac.fisher_type = "empirical"`` (``rl/update_rules.py``):
     ``rl/losses.py`` ``empirical_fisher_loss`` of the training loss's terms (normalised advantages
     held fixed), −mean(Â·log π(a)) + vf_coef·value_loss, the value term only with a shared critic;
     its per-example terms are ℓ_n = −Â_n log π(a_n|s_n) + vf_coef·(v_n − R_n)² (entropy excluded).
+    ``log_std``: a Gaussian policy's log σ (A,), held fixed (None: Categorical logits).
     """
     shared = config.optim.critic == "shared"
 
-    def loss(logits: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    def loss(head: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         r = rollout
-        terms = trainer_loss(logits, values, r.actions, r.advantages, r.returns, config)
+        dist = action_distribution(head, log_std)
+        terms = trainer_loss(dist, values, r.actions, r.advantages, r.returns, config)
         return empirical_fisher_loss(terms, config, shared)
 
     return loss
@@ -214,6 +262,7 @@ def empirical_loss(rollout: Rollout, config: RunConfig):
 
 def fisher_problem(policy: nn.Module, rollout: Rollout, config: RunConfig) -> FisherProblem:
     """The comparison's batch: same observations, sampled actions and ε for both sides."""
+    log_std = getattr(policy, "log_std_parameter", None)
     return FisherProblem(
         policy=policy,
         slots=build_slots(policy),
@@ -222,6 +271,7 @@ def fisher_problem(policy: nn.Module, rollout: Rollout, config: RunConfig) -> Fi
         noise=rollout.noise,
         vf_fisher_coef=config.loss.vf_fisher_coef,
         include_value=config.optim.critic == "shared",
+        log_std=None if log_std is None else log_std.detach().clone(),
     )
 
 

@@ -185,8 +185,8 @@ def _fidelity(
     try:
         policy = build_measured_policy(source, env, request.seed, device)
         say(f"{config.env}: {source.label} policy ({policy.arch}), batch {batch}, device {device}")
-        rollout = Rollouts(policy, env, config, request.seed).next(batch)
-        older = Rollouts(policy, env, config, request.seed + 1) if k > 1 else None
+        rollout = Rollouts(policy, env, config, request.seed, source.obs_norm).next(batch)
+        older = Rollouts(policy, env, config, request.seed + 1, source.obs_norm) if k > 1 else None
         history = [older.next(batch) for _ in range(k - 1)]
     finally:
         env.close()
@@ -202,7 +202,7 @@ def _fidelity(
     for kind in settings.fisher_types if k > 0 else ():
         losses = None
         if kind == "empirical":
-            losses = [empirical_loss(r, config) for r in [*history, rollout]]
+            losses = [empirical_loss(r, config, problem.log_std) for r in [*history, rollout]]
         names = settings.variants
         extra.append(running_factor_set(names, problems, kfac, losses, kind, ekfac))
     rows = measure(
@@ -213,7 +213,7 @@ def _fidelity(
         log=say,
         started=start,
         extra_factors=tuple(extra),
-        empirical_loss=empirical_loss(rollout, config),
+        empirical_loss=empirical_loss(rollout, config, problem.log_std),
     )
 
     context = {

@@ -6,7 +6,10 @@ openai/baselines ``acktr/acktr.py`` lines 36, 48-51), with a_n sampled from the 
 
     ℓ_n(θ) = log π_θ(a_n | s_n) − c · (v_θ(s_n) − stopgrad(v_θ(s_n) + ε_n))²     (c = vf_fisher_coef)
 
-so that ``mean_n ℓ_n`` is exactly the trainer's Fisher loss. With per-example gradients
+so that ``mean_n ℓ_n`` is exactly the trainer's Fisher loss. For a diagonal Gaussian policy
+(``log_std`` set) π is N(μ_θ(s), diag σ²) with σ fixed here: log σ is not a K-FAC layer (it is
+stepped by its exact diagonal Fisher or by SGD, ``policy.log_std_update``), so the comparison
+covers the mean network's layers, with a_n ~ π sampled in the rollout. With per-example gradients
 g_n = ∇_θ ℓ_n (rows of the Jacobian J, (B, P), computed with ``torch.func``: ``functional_call`` +
 ``vmap(grad)``), the exact sampled Fisher on the batch is
 
@@ -30,38 +33,46 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, jvp, vjp, vmap
 
 from kfac_bench.fidelity.layout import LayerSlot, flatten, kfac_parameters, total_size, unflatten
+from kfac_bench.rl.distributions import ActionDistribution, Categorical, DiagGaussian
 
 
 def fisher_terms(
-    logits: torch.Tensor,
+    head: torch.Tensor,
     values: torch.Tensor,
     actions: torch.Tensor,
     noise: torch.Tensor,
     vf_fisher_coef: float,
     include_value: bool,
+    log_std: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-example Fisher loss ℓ_n, shape (B,). ``mean`` of it = ``trainer.fisher_loss``.
 
-    logits (B, A), values (B,), actions (B,) long, noise ε (B,).
+    head (B, A): Categorical logits, or the Gaussian mean when ``log_std`` (A,) is given; values
+    (B,); actions (B,) long or (B, A) float; noise ε (B,).
     """
-    terms = F.log_softmax(logits, dim=-1).gather(1, actions[:, None]).squeeze(1)
+    terms = action_distribution(head, log_std).log_prob(actions)
     if include_value and vf_fisher_coef:
         target = (values + noise).detach()
         terms = terms - vf_fisher_coef * (values - target).pow(2)
     return terms
 
 
+def action_distribution(head: torch.Tensor, log_std: torch.Tensor | None) -> ActionDistribution:
+    """The policy's distribution of a head: DiagGaussian(head, log_std), or Categorical(head)."""
+    return Categorical(head) if log_std is None else DiagGaussian(head, log_std)
+
+
 @dataclass(frozen=True)
 class FisherProblem:
     """One batch on which the exact and the K-FAC Fisher are compared.
 
-    ``policy(obs) -> (logits (B, A), values (B,))``; ``obs`` (B, *obs_shape); ``actions`` (B,)
-    sampled from the policy; ``noise`` (B,) the value term's ε. ``slots`` are the K-FAC layers.
+    ``policy(obs) -> (head (B, A), values (B,))``; ``obs`` (B, *obs_shape); ``actions`` (B,) long
+    or (B, A) float, sampled from the policy; ``noise`` (B,) the value term's ε. ``slots`` are the
+    K-FAC layers. ``log_std`` (A,), detached: the Gaussian policy's log σ (None: Categorical).
     """
 
     policy: nn.Module
@@ -71,6 +82,7 @@ class FisherProblem:
     noise: torch.Tensor
     vf_fisher_coef: float
     include_value: bool
+    log_std: torch.Tensor | None = None
 
     @property
     def batch(self) -> int:
@@ -92,9 +104,15 @@ class FisherProblem:
 
     def terms(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
         """θ (covered parameters) -> (ℓ_1 … ℓ_B)."""
-        logits, values = functional_call(self.policy, (params, self.frozen()), (self.obs,))
+        head, values = functional_call(self.policy, (params, self.frozen()), (self.obs,))
         return fisher_terms(
-            logits, values, self.actions, self.noise, self.vf_fisher_coef, self.include_value
+            head,
+            values,
+            self.actions,
+            self.noise,
+            self.vf_fisher_coef,
+            self.include_value,
+            self.log_std,
         )
 
 
@@ -130,9 +148,15 @@ def per_example_gradients(
     frozen = {**problem.frozen(), **fixed}
 
     def single(p: dict, obs: torch.Tensor, action: torch.Tensor, eps: torch.Tensor):
-        logits, value = functional_call(problem.policy, (p, frozen), (obs[None],))
+        head, value = functional_call(problem.policy, (p, frozen), (obs[None],))
         return fisher_terms(
-            logits, value, action[None], eps[None], problem.vf_fisher_coef, problem.include_value
+            head,
+            value,
+            action[None],
+            eps[None],
+            problem.vf_fisher_coef,
+            problem.include_value,
+            problem.log_std,
         )[0]
 
     return vmap(grad(single), in_dims=(None, 0, 0, 0), chunk_size=chunk_size)(

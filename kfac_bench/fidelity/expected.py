@@ -17,6 +17,14 @@ distribution's own Fisher, diag p − p pᵀ for the categorical; 4c² for the v
 term as the trainer scales it), with the value term only when the Fisher loss has it (shared
 critic, c ≠ 0).
 
+For a diagonal Gaussian policy N(μ_n, diag σ²) (σ fixed; ``exact.py``), ∇ log π = J_nᵀ Σ⁻¹(a − μ_n)
+with J_n the (A, P) Jacobian of the mean, and E[(a − μ)(a − μ)ᵀ] = Σ gives the closed form
+
+    F = (1/B) Σ_n [ J_nᵀ diag(σ⁻²) J_n + 4c² ∇v_n ∇v_nᵀ ]
+
+(the Fisher of N(μ, Σ) in μ is Σ⁻¹: the Gauss-Newton form above with H = Σ⁻¹), whose rows are r_{n,i} = σ_i⁻¹ ∇μ_{n,i}:
+W_n = diag(σ⁻¹) on the mean, the same for every state.
+
 Row model (``exact.RowModel``): diag p − p pᵀ = Σ_a p_a (e_a − p)(e_a − p)ᵀ, so F = (1/B) Σ_i r_i r_iᵀ
 over R = A (+1) rows per state,
 
@@ -35,20 +43,28 @@ from torch.func import functional_call, jacrev, vmap
 from kfac_bench.fidelity.exact import FisherProblem
 
 
-def row_weights(logits: torch.Tensor, value_scale: float | None) -> torch.Tensor:
-    """W (B, R, O): row a is √p_a (e_a − p) on the logits; the value row is 2c on v.
+def row_weights(
+    head: torch.Tensor, value_scale: float | None, log_std: torch.Tensor | None = None
+) -> torch.Tensor:
+    """W (B, R, O): the rows of the output distribution's Fisher; the value row is 2c on v.
 
-    ``logits`` (B, A); ``value_scale`` 2c, or None without a value term (then O = R = A; else
-    O = R = A + 1, the value output last).
+    ``head`` (B, A): Categorical logits (row a is √p_a (e_a − p)), or the Gaussian mean when
+    ``log_std`` (A,) is given (row i is σ_i⁻¹ e_i). ``value_scale`` 2c, or None without a value
+    term (then O = R = A; else O = R = A + 1, the value output last).
     """
-    p = torch.softmax(logits.detach(), dim=-1)
-    batch, actions = p.shape
-    eye = torch.eye(actions, dtype=p.dtype, device=p.device)
-    logit_rows = p.sqrt()[:, :, None] * (eye[None] - p[:, None, :])  # (B, A, A)
+    head = head.detach()
+    batch, actions = head.shape
+    eye = torch.eye(actions, dtype=head.dtype, device=head.device)
+    if log_std is None:
+        p = torch.softmax(head, dim=-1)
+        head_rows = p.sqrt()[:, :, None] * (eye[None] - p[:, None, :])  # (B, A, A)
+    else:
+        inv_std = torch.exp(-log_std.detach()).to(head.dtype)
+        head_rows = (eye * inv_std[:, None]).expand(batch, actions, actions)
     if value_scale is None:
-        return logit_rows
-    weights = p.new_zeros(batch, actions + 1, actions + 1)
-    weights[:, :actions, :actions] = logit_rows
+        return head_rows
+    weights = head.new_zeros(batch, actions + 1, actions + 1)
+    weights[:, :actions, :actions] = head_rows
     weights[:, actions, actions] = value_scale
     return weights
 
@@ -60,22 +76,22 @@ class ExpectedRows:
         self.problem = problem
         self.with_value = bool(problem.include_value and problem.vf_fisher_coef)
         with torch.no_grad():
-            logits, _ = problem.policy(problem.obs)
+            head, _ = problem.policy(problem.obs)
         scale = 2.0 * problem.vf_fisher_coef if self.with_value else None
-        self.weights = row_weights(logits, scale)  # (B, R, O)
+        self.weights = row_weights(head, scale, problem.log_std)  # (B, R, O)
         self.per_example = int(self.weights.shape[1])
 
-    def _outputs(self, logits: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        """(…, A) logits and (…,) values -> (…, O)."""
+    def _outputs(self, head: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """(…, A) head and (…,) values -> (…, O)."""
         if not self.with_value:
-            return logits
-        return torch.cat([logits, values[..., None]], dim=-1)
+            return head
+        return torch.cat([head, values[..., None]], dim=-1)
 
     def terms(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
         """θ -> (W_n·outputs_n)_n flattened, shape (B·R,): J v and Jᵀ u by jvp/vjp of this."""
         frozen = self.problem.frozen()
-        logits, values = functional_call(self.problem.policy, (params, frozen), (self.problem.obs,))
-        out = self._outputs(logits, values)
+        head, values = functional_call(self.problem.policy, (params, frozen), (self.problem.obs,))
+        out = self._outputs(head, values)
         return torch.einsum("bro,bo->br", self.weights, out).reshape(-1)
 
     def gradients(
@@ -89,8 +105,8 @@ class ExpectedRows:
         frozen = {**problem.frozen(), **fixed}
 
         def single(p: dict, obs: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-            logits, value = functional_call(problem.policy, (p, frozen), (obs[None],))
-            return weights @ self._outputs(logits[0], value[0])
+            head, value = functional_call(problem.policy, (p, frozen), (obs[None],))
+            return weights @ self._outputs(head[0], value[0])
 
         grads = vmap(jacrev(single), in_dims=(None, 0, 0), chunk_size=chunk_size)(
             wanted, problem.obs, self.weights

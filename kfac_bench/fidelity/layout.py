@@ -82,9 +82,14 @@ def build_slots(policy: nn.Module) -> list[LayerSlot]:
     """The K-FAC layers of ``policy`` in ``find_layers`` order with their flat offsets.
 
     Raises ValueError when the K-FAC module has trainable parameters outside Linear/Conv2d
-    (the exact Fisher would then cover parameters K-FAC does not precondition).
+    (the exact Fisher would then cover parameters K-FAC does not precondition), other than a
+    Gaussian policy's log σ, which K-FAC does not precondition and the comparison leaves out.
     """
-    layers, others = find_layers(kfac_root(policy))
+    root = kfac_root(policy)
+    layers, others = find_layers(root)
+    log_std = getattr(policy, "log_std_parameter", None)
+    # a Gaussian's log σ is not a K-FAC layer: stepped by its own diagonal Fisher or by SGD
+    others = [n for n, p in root.named_parameters() if n in others and p is not log_std]
     if others:
         raise ValueError(
             f"fidelity covers Linear/Conv2d layers only; other parameters: {', '.join(others)}"
