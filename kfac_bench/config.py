@@ -240,6 +240,7 @@ class LogConfig:
     # updates between checkpoints (and one at the end)
     checkpoint_every: int = setting(200, AtLeast(1))
     diagnostics: bool = True  # factor traces / condition numbers in updates.csv
+    phase_times: bool = True  # the time_* columns: seconds per phase (kfac_bench/timing.py)
     # the same rows as TensorBoard events / a W&B run too (kfac_bench.tracking)
     tensorboard: bool = False
     wandb: Literal["off", "offline", "online"] = "off"

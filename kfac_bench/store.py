@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from kfac_bench import config as config_mod
+from kfac_bench import timing
 from kfac_bench.atomic import naming, save_torch, write_atomic, write_json  # noqa: F401  (re-exported)
 from kfac_bench.run_lock import RunLock, lock_holder, remove_stale_temps  # noqa: F401  (re-exported)
 
@@ -56,6 +57,7 @@ UPDATE_COLUMNS = [
     "predicted_kl_total",  # the same quadratic model over all preconditioned parameters
     "trust_q",  # the trust region's q = Σ⟨F̃⁻¹g, g⟩ that set ν (ν = min(1, sqrt(δ/(lr²·q))))
     "clip_fraction",  # PPO: fraction of ratios outside [1−ε, 1+ε] over the last epoch
+    *timing.COLUMNS,  # seconds per phase since the previous row (kfac_bench/timing.py)
 ]
 
 

@@ -57,11 +57,12 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 from torch import nn
 
+from kfac_bench import timing
 from kfac_bench.config import KfacConfig
 from kfac_bench.curvature.adapters import (
     UnsupportedLayerError,
@@ -108,7 +109,11 @@ class KFAC(torch.optim.Optimizer):
         *,
         exact_diagonal: dict[nn.Parameter, float] | None = None,
         plain: list[nn.Parameter] | None = None,
+        timed: bool = True,
     ) -> None:
+        # stats / inverse / precondition on the process's phase clock (kfac_bench/timing.py);
+        # a separate critic's K-FAC is timed as a whole by its caller instead
+        self._phase = timing.phase if timed else lambda name: nullcontext()
         layers, others = find_layers(model)
         if not layers:
             raise UnsupportedLayerError(
@@ -188,7 +193,7 @@ class KFAC(torch.optim.Optimizer):
             self.config.damping_mode == "ekfac"
             and self.stats_updates % self.config.ekfac_scale_every == 0
         )
-        with using_workspace(self._workspace):
+        with using_workspace(self._workspace), self._phase("stats"):
             for name, layer in self.layers.items():
                 layer_input, grad_output = self.capture.inputs[name], grad_outputs[name]
                 if fraction < 1.0:
@@ -288,16 +293,18 @@ class KFAC(torch.optim.Optimizer):
         self.updates += 1
         if self.updates <= self.config.cold_iters:
             return self._cold_step(lr * self.config.cold_lr_scale)
-        inverted = self._refresh_decompositions()
+        with self._phase("inverse"):
+            inverted = self._refresh_decompositions()
         self.kfac_steps += 1
         if self._scale_batch:
             self._fold_scales()
 
         self._applied.clear()
         pairs: list[tuple[nn.Parameter, torch.Tensor]] = []
-        for layer in self.layers.values():
-            if layer.module.weight.grad is not None:
-                pairs.extend(layer.precondition())
+        with self._phase("precondition"):
+            for layer in self.layers.values():
+                if layer.module.weight.grad is not None:
+                    pairs.extend(layer.precondition())
         pairs.extend(
             (p, p.grad.to(self.layers_dtype)) for p in self.unsupported_params if p.grad is not None
         )

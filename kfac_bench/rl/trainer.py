@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from kfac_bench import config as config_mod
-from kfac_bench import store, tracking
+from kfac_bench import store, timing, tracking
 from kfac_bench.config import RunConfig
 from kfac_bench.curvature import KFAC
 from kfac_bench.rl.distributions import Categorical
@@ -197,9 +197,11 @@ class Trainer:
         rollout.truncated_obs.clear()
         n = self.config.rollout.n_envs
         for t in range(self.config.rollout.n_steps):
-            head, values = self.policy(obs)
-            actions = self.policy.distribution(head).sample()
-            step = self.env.step(actions.cpu().numpy())
+            with timing.phase("act"):
+                head, values = self.policy(obs)
+                actions = self.policy.distribution(head).sample()
+            with timing.phase("env"):
+                step = self.env.step(actions.cpu().numpy())
             self.steps += n
             rollout.obs[t] = obs
             rollout.actions[t] = actions
@@ -211,7 +213,8 @@ class Trainer:
                 rollout.truncated_obs.append((t, int(env_index), step.final_obs[env_index]))
             for episode in step.finished:
                 on_episode(episode)
-            obs = self.obs_tensor(step.obs, update=True)
+            with timing.phase("env"):
+                obs = self.obs_tensor(step.obs, update=True)
         if rollout.truncated_obs:
             final = self.obs_tensor(np.stack([o for _, _, o in rollout.truncated_obs]))
             _, final_values = self.policy(final)
@@ -301,12 +304,16 @@ class Trainer:
         self.resets += 1
         last_time, last_steps = time.perf_counter(), self.steps
         fps = 0.0
+        cuda = self.device.type == "cuda"
+        timing.CLOCK.start(c.log.phase_times, torch.cuda.synchronize if cuda else None)
         try:
             while self.steps < c.total_steps:
                 obs = self.collect(rollout, obs, on_episode)
-                advantages, returns = self.returns(rollout, obs)
+                with timing.phase("returns"):
+                    advantages, returns = self.returns(rollout, obs)
                 log_now = (self.updates + 1) % c.log.update_every == 0
-                metrics = self.update(rollout, advantages, returns, log=log_now)
+                with timing.phase("update"):
+                    metrics = self.update(rollout, advantages, returns, log=log_now)
                 episodes_log.write(pending_episodes)
                 tracker.episodes(pending_episodes)
                 pending_episodes.clear()
@@ -358,6 +365,7 @@ class Trainer:
             row.update(zip(tensors, values))
         row.update({k: v for k, v in metrics.items() if not isinstance(v, torch.Tensor)})
         row.update(self.rule.diagnostics())
+        row.update(timing.CLOCK.take())
         return row
 
     def checkpoint(self, wall_time: float) -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 
 import variants
+from kfac_bench import timing
 from kfac_bench.config import RunConfig
 from kfac_bench.curvature import KFAC, KfacError
 from kfac_bench.rl.distributions import LOG_STD_FISHER
@@ -99,6 +100,7 @@ class AcktrRule(UpdateRule):
                 variant,
                 config.critic_kfac,
                 lr=config.optim.critic_lr,
+                timed=False,  # its whole fit is the "critic" phase
             )
         self.actor_params = set(policy.actor_parameters())
 
@@ -110,7 +112,7 @@ class AcktrRule(UpdateRule):
             if c.kfac.kl_clip_schedule == "linear":
                 group["kl_clip"] = c.kfac.kl_clip * schedule_fraction(c, steps_done)
 
-        with kfac.fisher_pass() as fisher:
+        with timing.phase("fisher"), kfac.fisher_pass() as fisher:
             head, values = self.policy(batch.obs)
             dist = self.policy.distribution(head)
             terms = training_loss(dist, values, batch.actions, batch.advantages, batch.returns, c)
@@ -140,11 +142,12 @@ class AcktrRule(UpdateRule):
         except KfacError as error:
             raise Diverged(str(error)) from error
         metrics.update(nu=info.nu, trust_q=info.q, inverse_staleness=info.staleness)
-        if self.critic_optimizer is not None:
-            self.critic_optimizer.step()
-            self.fit_critic(batch.obs, batch.returns, c.optim.critic_steps - 1)
-        elif self.critic_kfac is not None:
-            self.fit_critic_kfac(batch.obs, batch.returns, c.optim.critic_steps)
+        with timing.phase("critic"):
+            if self.critic_optimizer is not None:
+                self.critic_optimizer.step()
+                self.fit_critic(batch.obs, batch.returns, c.optim.critic_steps - 1)
+            elif self.critic_kfac is not None:
+                self.fit_critic_kfac(batch.obs, batch.returns, c.optim.critic_steps)
         self.updates += 1
         if self.kl_wanted(log):
             metrics["kl"] = self._measured_kl(batch.obs, terms.dist)

@@ -31,6 +31,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kfac_bench import timing
 from kfac_bench.tracking_availability import check_backends
 
 if TYPE_CHECKING:
@@ -53,6 +54,7 @@ UPDATE_TAGS: dict[str, str] = {
     "nu": "kfac/nu",
     "trust_q": "kfac/trust_q",
     "inverse_staleness": "kfac/inverse_staleness",
+    **{column: f"time/{column.removeprefix('time_')}" for column in timing.COLUMNS},
 }
 #: episodes.csv column -> tag (``wall_time`` is the event's own wall time, not a scalar).
 EPISODE_TAGS: dict[str, str] = {
