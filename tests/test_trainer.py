@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -285,6 +286,8 @@ def cli(*args, timeout=240):
         ("CartPole-v1", 2048, []),
         ("MinAtar/Breakout-v1", 640, []),
         ("BreakoutNoFrameskip-v4", 320, ["--set", "rollout.n_envs=4"]),
+        ("Pendulum-v1", 5000, []),  # the continuous family: Gaussian policy, 2500-step batches
+        ("Hopper-v5", 2500, []),  # MuJoCo
     ],
 )
 def test_cli_trains_and_leaves_a_valid_run_directory(tmp_path, env, steps, extra):
@@ -321,6 +324,32 @@ def test_cli_play_writes_a_gif(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "episode 1: return" in proc.stdout
     assert (tmp_path / "ep.gif").read_bytes()[:6] == b"GIF89a"
+
+
+def test_cli_play_gif_on_mujoco_renders_offscreen_or_says_why_not(tmp_path):
+    """Headless (no DISPLAY, no MUJOCO_GL), play picks EGL: a GIF where an EGL library exists,
+    else one error line naming MUJOCO_GL. A bad MUJOCO_GL is one error line too."""
+    out = tmp_path / "run"
+    trained = cli(
+        "train", "--env", "Hopper-v5", "--steps", "100", "--out", str(out), "--no-progress"
+    )
+    assert trained.returncode == 0, trained.stderr
+    headless = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "MUJOCO_GL")}
+    gif = tmp_path / "ep.gif"
+    proc = subprocess.run(
+        [KFAC_BENCH, "play", str(out), "--episodes", "1", "--gif", str(gif)],
+        capture_output=True, text=True, timeout=240, env=headless,
+    )  # fmt: skip
+    if proc.returncode == 0:
+        assert gif.read_bytes()[:6] == b"GIF89a"
+    else:
+        assert "MUJOCO_GL" in proc.stderr.strip().splitlines()[-1] and not gif.exists()
+    bad = subprocess.run(
+        [KFAC_BENCH, "play", str(out), "--episodes", "1", "--gif", str(tmp_path / "bad.gif")],
+        capture_output=True, text=True, timeout=240, env={**headless, "MUJOCO_GL": "bogus"},
+    )  # fmt: skip
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr
+    assert "MUJOCO_GL=bogus" in bad.stderr.strip().splitlines()[-1]
 
 
 @pytest.mark.parametrize(

@@ -29,6 +29,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fps", type=int, default=30, help="GIF frame rate")
 
 
+def headless_mujoco_default() -> None:
+    """MuJoCo renders through GLFW unless ``MUJOCO_GL`` says otherwise, and GLFW needs a display:
+    without one (and without a choice made by the user) render offscreen with EGL."""
+    if "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
+        os.environ["MUJOCO_GL"] = "egl"
+
+
 def run(args: argparse.Namespace) -> int:
     from kfac_bench import store
     from kfac_bench.config import from_dict
@@ -50,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{checkpoint_path} is not a kfac-bench checkpoint ({error})") from error
 
     torch.manual_seed(args.seed)
+    if args.gif is not None:
+        headless_mujoco_default()
     env = make_env(config.env, 1, training=False, atari=config.atari, render=args.gif is not None)
     policy = build_policy(
         env.obs_shape,

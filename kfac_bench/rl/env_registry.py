@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import os
 
 import gymnasium as gym
 import numpy as np
@@ -110,7 +111,10 @@ def _spaces(env_id: str) -> tuple[gym.Space, gym.Space]:
     except gym.error.DependencyNotInstalled as exc:
         raise EnvError(f"{env_id}: a dependency is missing: {_first_line(exc)}") from exc
     except Exception as exc:
-        raise EnvError(f"{env_id}: could not be created ({_first_line(exc)})") from exc
+        hint = ""
+        if "MUJOCO_GL" in os.environ:  # a MuJoCo env imports its OpenGL backend on creation
+            hint = f"; MUJOCO_GL={os.environ['MUJOCO_GL']} is set: egl or osmesa need their library"
+        raise EnvError(f"{env_id}: could not be created ({_first_line(exc)}){hint}") from exc
     try:
         return env.observation_space, env.action_space
     finally:
