@@ -47,5 +47,8 @@ TARGETS = {
     "update_ratio": 1.25,  # ACKTR update / A2C update (Wu et al. 2017: 10–25 % more)
     "update_ratio_aim": 1.10,
     "factor_vs_bare": 1.5,  # factor statistic / bare XᵀX of the same shapes
+    # factor statistic / its syrk bound: half the bare GEMM's time (a symmetric product needs
+    # half the FLOPs, rows·cols², at the GEMM's rate) (issue 16)
+    "factor_vs_syrk": 1.2,
     "trainer_ratio": 0.8,  # K-FAC trainer env-steps/s / A2C trainer env-steps/s
 }

@@ -462,3 +462,70 @@ def test_float32_eigh_failure_retries_in_float64_with_a_warning(monkeypatch):
     monkeypatch.setattr(torch.linalg, "eigh", always_failing)
     with pytest.warns(RuntimeWarning), pytest.raises(inverse.FactorInverseError, match="A of fc"):
         inverse._eigh(a, "A of fc")
+
+
+# --------------------------------------------------------------------------------------------
+# the symmetric Gram kernel every statistic goes through
+
+
+@pytest.mark.parametrize("cols", [5, 255, 256, 301, 700])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gram_equals_the_sum_of_outer_products(cols, dtype):
+    """factors.gram (blocked symmetric product from 256 columns on) against Σ_n x_n x_nᵀ summed
+    example by example in float64, on a strided (non-contiguous) view of the rows."""
+    from kfac_bench.curvature.factors import SYMMETRIC_BLOCK, gram
+
+    assert 2 * SYMMETRIC_BLOCK == 256  # the cases straddle the switch and reach depth 2 (700)
+    gen = torch.Generator().manual_seed(cols)
+    full = torch.randn(150, cols + 3, generator=gen, dtype=torch.float64)
+    rows = full[:, 2 : 2 + cols].to(dtype)  # a column slice: strided rows
+    want = torch.zeros(cols, cols, dtype=torch.float64)
+    for x in rows.double():
+        want += torch.outer(x, x)
+    got = gram(rows, 0.37)
+    assert got.dtype == dtype and got.shape == (cols, cols)
+    tol = {"rtol": 1e-5, "atol": 1e-4} if dtype == torch.float32 else {"rtol": 1e-12, "atol": 1e-10}
+    torch.testing.assert_close(got.double(), 0.37 * want, **tol)
+    if cols >= 2 * SYMMETRIC_BLOCK:  # the mirrored off-diagonal blocks are exactly symmetric
+        half = (cols + 1) // 2
+        assert torch.equal(got[:half, half:], got[half:, :half].T)
+
+
+@pytest.mark.parametrize("name", variants.names())
+def test_kfac_steps_with_the_symmetric_kernel_match_the_single_gemm_kernel(name, monkeypatch):
+    """The reference presets compute what they did before the blocked kernel: three float32
+    K-FAC steps on a layer wide enough for it (K = 401 > 256) equal, to float tolerance, the same
+    steps with every statistic as the single GEMM the factors were computed with before."""
+    from kfac_bench.curvature import factors
+
+    def run() -> list[torch.Tensor]:
+        torch.manual_seed(5)
+        net = nn.Sequential(nn.Conv2d(4, 16, 3), nn.ReLU(), nn.Flatten(), nn.Linear(400, 300))
+        net.append(nn.Tanh()).append(nn.Linear(300, 6))
+        net = net.float()
+        kfac = KFAC(net, variants.get(name), KfacConfig(dtype="float32"), lr=0.05)
+        gen = torch.Generator().manual_seed(9)
+        for _ in range(3):
+            x = torch.randn(64, 4, 7, 7, generator=gen, dtype=torch.float32)
+            a = torch.randint(0, 6, (64,), generator=gen)
+            with kfac.fisher_pass() as fisher:
+                logits = net(x)
+                fisher.backward(torch.distributions.Categorical(logits=logits).log_prob(a).mean())
+            kfac.zero_grad()
+            torch.nn.functional.cross_entropy(logits, a).backward()
+            kfac.step()
+        return [p.detach().clone() for p in net.parameters()]
+
+    calls = []
+    recurse = factors._symmetric_blocks
+    monkeypatch.setattr(
+        factors, "_symmetric_blocks", lambda *args: calls.append(args[3:]) or recurse(*args)
+    )
+    blocked = run()
+    assert any(lo == 0 and hi >= 400 for lo, hi in calls)  # blocked: the Linear(400, ·) A
+    monkeypatch.setattr(factors, "SYMMETRIC_BLOCK", 10**9)  # every product one GEMM again
+    calls.clear()
+    single = run()
+    assert not calls
+    for b, s in zip(blocked, single):
+        torch.testing.assert_close(b, s, rtol=1e-4, atol=1e-6)
