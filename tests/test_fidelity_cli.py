@@ -82,6 +82,11 @@ def test_names_given_twice_or_unknown_are_one_line(tmp_path, capsys, monkeypatch
             ["--damping-modes", "kfac"],
             "unknown damping mode 'kfac'; choose from eigen, tikhonov, tikhonov-pi, ekfac",
         ),
+        (
+            ["--running-updates", "3", "--inverse-staleness", "3"],
+            "--inverse-staleness 3 needs --running-updates K > 3 (got K = 3)",
+        ),
+        (["--running-updates", "3", "--inverse-staleness", "0"], "--inverse-staleness: 0 is not"),
     ]
     for extra, needle in cases:
         rc, err, _ = kfac(capsys, monkeypatch, *TINY, "--out", tmp_path / "x", *extra)

@@ -166,3 +166,30 @@ def test_more_updates_differ_from_the_batch_and_match_the_hand_factors():
     assert _network_cosines(again)["hand-3", "paper", "eigen"] == pytest.approx(
         cos["running-3", "paper", "eigen"], abs=1e-12
     )
+
+
+def test_stale_running_factors_are_the_hand_average_of_the_older_batches_only():
+    """``running-K-stale-s``: the decomposition an inverse every n > s holds s updates after it
+    was taken is the running average of S_1 … S_{K−s}, by hand; measured on batch K (its rows'
+    references are those of the fresh running-K rows)."""
+    problems = batches(5, seed=3)
+    config = KfacConfig(stats_decay=DECAY, running_init="first", dtype="float64")
+    stats = per_batch("paper", problems)
+    stale = running_factor_set(("paper",), problems, config, staleness=2)
+    assert stale.label == "running-5-stale-2"
+    fresh = running_factor_set(("paper",), problems, config)
+    for layer, (old, new) in enumerate(zip(stale.blocks["paper"], fresh.blocks["paper"])):
+        want = by_hand([s[layer].A for s in stats[:3]], "first", 0)
+        torch.testing.assert_close(old.factors.A, want, rtol=1e-12, atol=1e-14)
+        assert not torch.allclose(old.factors.A, new.factors.A)  # batches 4 and 5 are left out
+    with pytest.raises(ValueError, match="needs more than 5 batches"):
+        running_factor_set(("paper",), problems, config, staleness=5)
+    settings = Settings(variants=("paper",), damping_modes=("eigen",), dampings=(0.01,))
+    g = torch.randn(
+        problems[-1].dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64
+    )
+    rows = measure(problems[-1], g, config, settings, extra_factors=(fresh, stale))
+    cos = _network_cosines(rows)
+    assert (
+        abs(cos["running-5-stale-2", "paper", "eigen"] - cos["running-5", "paper", "eigen"]) > 1e-4
+    )

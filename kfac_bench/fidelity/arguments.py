@@ -127,6 +127,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "and stats decay; default 0: this batch's factors only)",
     )
     parser.add_argument(
+        "--inverse-staleness",
+        type=int,
+        nargs="+",
+        default=[],
+        metavar="S",
+        help="also measure the running-K factors as of step K − S, as a decomposition S updates "
+        "old preconditions step K (kfac.inverse_every = n gives S = 0 … n − 1; needs "
+        "--running-updates K > S)",
+    )
+    parser.add_argument(
         "--no-reference",
         action="store_true",
         help="omit the exact rows (exact-block-diagonal, sampled-fisher vs true-fisher)",
@@ -154,6 +164,7 @@ def run(args: argparse.Namespace) -> int:
         figure=not args.no_figure,
         references=tuple(args.references),
         running_updates=args.running_updates,
+        inverse_staleness=tuple(args.inverse_staleness),
         fisher_types=tuple(t.strip() for t in args.fisher_types.split(",")),
     )
     fidelity(request, log=lambda message: print(f"fidelity: {message}", flush=True))

@@ -72,6 +72,7 @@ class Request:
     figure: bool = True
     references: tuple[str, ...] = REFERENCES
     running_updates: int = 0  # K > 0: also the running factors after K Fisher batches
+    inverse_staleness: tuple[int, ...] = ()  # s: also the running-K factors as of step K − s
     fisher_types: tuple[str, ...] = ("sampled",)  # the passes the K-FAC side is built from
 
 
@@ -86,6 +87,7 @@ DOMAINS: dict[str, tuple[str, Domain]] = {
     "cg_iters": ("--cg-iters", AtLeast(1)),
     "max_jacobian_mb": ("--max-jacobian-mb", NonNegative()),
     "running_updates": ("--running-updates", AtLeast(0)),
+    "inverse_staleness": ("--inverse-staleness", AtLeast(1)),
 }
 
 
@@ -103,6 +105,12 @@ def validate(request: Request) -> None:
     )
     if not request.references:
         raise ValueError(f"give at least one reference ({', '.join(REFERENCES)})")
+    too_stale = [s for s in request.inverse_staleness if s >= request.running_updates]
+    if too_stale:
+        raise ValueError(
+            f"--inverse-staleness {too_stale[0]} needs --running-updates K > {too_stale[0]} "
+            f"(got K = {request.running_updates})"
+        )
     if not request.fisher_types:
         raise ValueError(f"--fisher-types: give at least one of {', '.join(FISHER_TYPES)}")
     named = (
@@ -205,6 +213,10 @@ def _fidelity(
             losses = [empirical_loss(r, config, problem.log_std) for r in [*history, rollout]]
         names = settings.variants
         extra.append(running_factor_set(names, problems, kfac, losses, kind, ekfac))
+        for stale in request.inverse_staleness:
+            extra.append(
+                running_factor_set(names, problems, kfac, losses, kind, ekfac, staleness=stale)
+            )
     rows = measure(
         problem,
         g,

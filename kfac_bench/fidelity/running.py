@@ -27,6 +27,12 @@ decomposition that KFAC holds at its K-th step. Its basis is that of the running
 last decomposition (step k with k ≡ 0 mod ``inverse_every``), which need not be the factors after
 all K batches that the Kronecker rows invert; that staleness is part of what the trainer holds.
 
+Stale decompositions (``--inverse-staleness s``, label ``running-K-stale-s``): with
+``kfac.inverse_every = n`` the trainer preconditions step K with the decomposition of the running
+factors of step K − s, s ∈ [0, n − 1] (s = ``inverse_staleness`` in updates.csv). Those rows fold
+only the first K − s batches and are measured against the latest batch's references and gradient,
+like every row; the policy is held fixed, so the staleness measured is the factors' alone.
+
 ``empirical`` running sets (``fisher_type``) fold each batch's empirical Fisher pass instead
 (``losses``: one batch-mean loss per problem, ``batch.empirical_loss``).
 """
@@ -118,12 +124,18 @@ def running_factor_set(
     losses: list[FisherLoss] | None = None,
     fisher_type: str = "sampled",
     ekfac: bool = False,
+    staleness: int = 0,
 ) -> FactorSet:
-    """``running-K`` (K = len(problems)) for every variant in ``names``."""
+    """``running-K`` (K = len(problems)) for every variant in ``names``; with ``staleness`` s > 0,
+    ``running-K-stale-s``: the factors after the first K − s problems (module docstring)."""
+    if not 0 <= staleness < len(problems):
+        raise ValueError(f"inverse staleness {staleness} needs more than {staleness} batches")
+    held = len(problems) - staleness
     blocks, rules = {}, {}
     for name in names:
         strategy = variants.get(name)
-        blocks[name], rule = running_blocks(strategy, problems, config, losses, ekfac)
+        folded = None if losses is None else losses[:held]
+        blocks[name], rule = running_blocks(strategy, problems[:held], config, folded, ekfac)
         rules[name] = describe_rule(rule)
-    label = f"running-{len(problems)}"
+    label = f"running-{len(problems)}" + (f"-stale-{staleness}" if staleness else "")
     return FactorSet(label, blocks, rules, config.stats_decay, fisher_type)
