@@ -99,7 +99,7 @@ def test_unknown_preset(tmp_path):
         problems_of(tmp_path, BASE + 'variants = ["paper"]\npreset = "baseline"\n'), "preset"
     )
     assert "unknown preset 'baseline'" in line and "openai-baselines" in line
-    assert "valid presets: classic-tuned, minatar-tuned, openai-baselines" in line
+    assert "valid presets: classic-tuned, minatar-tuned, atari-tuned, openai-baselines" in line
 
 
 def test_unknown_config_keys_in_set_and_grid(tmp_path):
