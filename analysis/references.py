@@ -15,6 +15,13 @@ Sources
   step).
 * Acrobot-v1, best: −60, an approximate best-known 100-episode average for well-tuned agents
   (the value given in kfac-bench issue #5; treat as approximate).
+* Continuous control (Box actions), random: measured for this table with a uniform-random policy
+  (``env.action_space.sample()``, action seed 0), 100 episodes each (reset seeds 0…99, gymnasium
+  1.4.0, mujoco 3 / 4 wheel): mean ± s.e. Pendulum-v1 −1207.6 ± 29.5, MountainCarContinuous-v0
+  −33.3 ± 0.1, InvertedPendulum-v5 5.2 ± 0.4, InvertedDoublePendulum-v5 49.1 ± 1.8, Hopper-v5
+  16.7 ± 1.8, HalfCheetah-v5 −282.5 ± 7.3, Walker2d-v5 1.8 ± 0.8, Ant-v5 −48.0 ± 8.3, Reacher-v5
+  −43.3 ± 0.4, Swimmer-v5 0.8 ± 0.9. Best: InvertedPendulum-v5's maximum return 1000 (+1 per step,
+  1000 steps); elsewhere no bound we verified, so ``None``.
 * MinAtar (Young & Tian 2019, ``minatar`` 1.0.15, gymnasium ids ``MinAtar/<Game>-v1``),
   random: measured for this table with a uniform-random policy, 300 episodes per game (reset
   seeds 0…299). Best: no published reference score we could verify, so ``None`` (the sweep's
@@ -48,6 +55,23 @@ CLASSIC: dict[str, Reference] = {
         -499.1, -60.0, f"random: {_MEASURED}; best: ≈ −60, approximate best-known average"
     ),
     "MountainCar-v0": Reference(-200.0, None, f"random: {_MEASURED}; best: not known"),
+}
+
+# Box-action tasks (matched exactly).
+CONTINUOUS: dict[str, Reference] = {
+    env_id: Reference(random, best, f"random: {_MEASURED} (100 episodes); best: {why}")
+    for env_id, (random, best, why) in {
+        "Pendulum-v1": (-1207.6, None, "not known"),
+        "MountainCarContinuous-v0": (-33.3, None, "not known"),
+        "InvertedPendulum-v5": (5.2, 1000.0, "max return 1000"),
+        "InvertedDoublePendulum-v5": (49.1, None, "not known"),
+        "Hopper-v5": (16.7, None, "not known"),
+        "HalfCheetah-v5": (-282.5, None, "not known"),
+        "Walker2d-v5": (1.8, None, "not known"),
+        "Ant-v5": (-48.0, None, "not known"),
+        "Reacher-v5": (-43.3, None, "not known"),
+        "Swimmer-v5": (0.8, None, "not known"),
+    }.items()
 }
 
 # MinAtar games (the game name as in ``MinAtar/<Game>-v1``).
@@ -86,6 +110,8 @@ def reference_for(env_id: str) -> Reference | None:
     """
     if env_id in CLASSIC:
         return CLASSIC[env_id]
+    if env_id in CONTINUOUS:
+        return CONTINUOUS[env_id]
     if env_id.startswith("MinAtar/"):
         game = env_id.split("/", 1)[1].split("-v", 1)[0]
         return MINATAR.get(game)

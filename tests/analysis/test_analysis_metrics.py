@@ -122,3 +122,26 @@ def test_reference_lookup_and_cartpole_normalisation():
     assert references.reference_for("NoSuchEnv-v0") is None
     # human-normalised Pong: a score of 9.3 is human level
     assert metrics.normalise(9.3, pong.random, pong.best) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("env_id", ["InvertedPendulum-v5", "Pendulum-v1"])
+def test_continuous_random_references_are_the_measurement_they_say(env_id):
+    """The table's random score is what its recipe gives: 100 episodes of action_space.sample()
+    (action seed 0), reset seeds 0…99 (rounded to 0.1 as in the table)."""
+    import gymnasium as gym
+
+    env = gym.make(env_id)
+    env.action_space.seed(0)
+    returns = []
+    for episode in range(100):
+        env.reset(seed=episode)
+        total, done = 0.0, False
+        while not done:
+            _, reward, terminated, truncated, _ = env.step(env.action_space.sample())
+            total, done = total + float(reward), terminated or truncated
+        returns.append(total)
+    env.close()
+    ref = references.reference_for(env_id)
+    assert ref is not None and ref.random == pytest.approx(np.mean(returns), abs=0.05)
+    hopper = references.reference_for("Hopper-v5")
+    assert hopper is not None and hopper.best is None and hopper.random == 16.7
