@@ -198,6 +198,9 @@ class KfacConfig:
     async_timeout_s: float = setting(600.0, Positive(MAX_WAIT_S))
     # torch threads for the decompositions (0: torch's default)
     inverse_threads: int = setting(0, AtLeast(0, MAX_THREADS))
+    # a Fisher batch's statistics computed on a background thread during the next collection;
+    # every step then uses the factors one batch older (curvature/pipeline.py, issue 16)
+    pipelined_stats: bool = False
     unsupported: Literal["error", "sgd"] = "error"  # parameters outside Linear/Conv2d
 
 
@@ -376,10 +379,16 @@ def check_consistency(config: RunConfig) -> RunConfig:
             "critic_kfac.async_inverse=true is not supported (the critic takes several K-FAC "
             "steps per batch); set critic_kfac.async_inverse=false"
         )
-    if optim.algo == "acktr" and kfac.async_inverse and kfac.damping_mode == "ekfac":
+    for knob in ("async_inverse", "pipelined_stats"):
+        if optim.algo == "acktr" and getattr(kfac, knob) and kfac.damping_mode == "ekfac":
+            raise ConfigError(
+                f"kfac.{knob}=true does not support kfac.damping_mode='ekfac' (its scaling is "
+                f"re-estimated in the basis in use every update); set kfac.{knob}=false"
+            )
+    if optim.critic == "separate-kfac" and config.critic_kfac.pipelined_stats:
         raise ConfigError(
-            "kfac.async_inverse=true does not support kfac.damping_mode='ekfac' (its scaling is "
-            "re-estimated in the basis in use every update); set kfac.async_inverse=false"
+            "critic_kfac.pipelined_stats=true is not supported (the critic takes several K-FAC "
+            "steps on one batch); set critic_kfac.pipelined_stats=false"
         )
     # curvature/optimizer.py KFAC._refresh_decompositions keeps one background decomposition in
     # flight: the one snapshotted at a due step must be installed before the next is due.

@@ -54,6 +54,7 @@ UPDATE_COLUMNS = [
     "lr",
     "grad_norm",
     "inverse_staleness",  # K-FAC: updates between the decomposition's statistics and this step
+    "stats_staleness",  # K-FAC: Fisher batches not yet in the factors it used (pipelined: 1)
     "predicted_kl_total",  # the same quadratic model over all preconditioned parameters
     "trust_q",  # the trust region's q = Σ⟨F̃⁻¹g, g⟩ that set ν (ν = min(1, sqrt(δ/(lr²·q))))
     "clip_fraction",  # PPO: fraction of ratios outside [1−ε, 1+ε] over the last epoch

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -38,6 +39,7 @@ class StepInfo:
     cold: bool
     inverted: bool  # a new decomposition was put in use at this step
     staleness: int = 0  # updates between the statistics behind the decomposition and this step
+    stats_staleness: int = 0  # Fisher batches taken but not yet in the factors (pipelined: 1)
 
 
 class LayerState:
@@ -173,3 +175,27 @@ def find_layers(model: nn.Module) -> tuple[dict[str, nn.Module], list[str]]:
         name for name, p in model.named_parameters() if p.requires_grad and id(p) not in covered
     ]
     return layers, others
+
+
+def check_finite_factors(layers: Iterable[LayerState]) -> None:
+    """KfacError naming the first layer and factor with a NaN or ±inf entry."""
+    layers = list(layers)
+    values = [m.value for layer in layers for m in (layer.A, layer.G, layer.bias_G) if m]
+    # One reduction per factor: a NaN or ±inf entry makes its sum non-finite. (A finite
+    # factor whose sum overflows only sends us to the exact per-entry check below.)
+    if bool(torch.stack([v.sum() for v in values]).isfinite().all()):
+        return
+    for layer in layers:
+        for label, m in (("A", layer.A), ("G", layer.G), ("bias_G", layer.bias_G)):
+            if m is not None and not bool(m.value.isfinite().all()):
+                raise KfacError(f"non-finite {label} factor in layer {layer.name!r}")
+
+
+def factor_diagnostics(layers: dict[str, LayerState]) -> dict[str, float]:
+    """``diag/<layer>/{A,G}_{trace,cond,clipped}`` of each layer's decomposition in use."""
+    names = [n for n, layer in layers.items() if layer.weights is not None]
+    if not names:
+        return {}
+    stacked = torch.stack([layers[n].weights.diagnostics.float() for n in names]).tolist()
+    keys = ("A_trace", "G_trace", "A_cond", "G_cond", "A_clipped", "G_clipped")
+    return {f"diag/{n}/{k}": v for n, row in zip(names, stacked) for k, v in zip(keys, row)}

@@ -12,10 +12,7 @@ Step (openai/baselines ``baselines/acktr/kfac.py`` lines 779-801, 879-893)::
 
     Δ_l = F̃_l⁻¹ g_l                                 (inverse.py, per layer)
     q   = Σ_l ⟨Δ_l, g_l⟩
-    ν   = min(ν_max, sqrt(δ / (lr²·q)))              trust_region = "baselines"  (BL, SB, IK, KP)
-        = min(ν_max, sqrt(2δ / (lr²·q + 1e-6)))      "acktr-paper"  (ACKTR-PyTorch brain/kfac.py:130)
-        = min(ν_max, sqrt(δ / (q/2 + 1e-8)))         "notebook"     (seed notebook: ½·gᵀF⁻¹g, no lr²)
-        = 1                                          "none"
+    ν   = trust_region_scale(q, lr, δ)              (trust_region.py: the four rules)
     buf ← μ·buf + ν·Δ;   θ ← θ − lr·(1−μ)·buf       (momentum_scale "1-mu"; "1": θ ← θ − lr·buf, KP)
 
 ``predicted_kl`` reported per step is the quadratic model's KL of the steady-state step lr·ν·Δ:
@@ -44,6 +41,9 @@ With ``async_inverse`` (off by default; openai/baselines' ``async`` eigendecompo
 from a snapshot of the factors and installed exactly ``async_staleness`` steps later (the step waits
 for it, at most ``async_timeout_s``), so the training thread overlaps the eigendecompositions with
 its own work and a run stays reproducible. The very first decomposition is always synchronous.
+``pipelined_stats`` (off by default, ``curvature/pipeline.py``): a Fisher batch's statistics are
+computed on a background thread after the step and folded at the next one, so every step but the
+first uses factors one batch older (``StepInfo.stats_staleness`` = 1).
 
 ``damping_mode = "ekfac"`` (``curvature/ekfac.py``): every ``ekfac_scale_every``-th Fisher pass keeps
 its layer inputs and output gradients until ``step``, which first refreshes the decompositions (a
@@ -55,6 +55,7 @@ basis about to be used — the order of KFAC-Pytorch ``EKFACOptimizer.step`` (``
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -69,14 +70,24 @@ from kfac_bench.curvature.adapters import (
     Workspace,
     using_workspace,
 )
+from kfac_bench.curvature.applied_kl import applied_step_kl
 from kfac_bench.curvature.capture import CaptureError, LayerCapture
-from kfac_bench.curvature.factors import FactorStrategy, InitRule
+from kfac_bench.curvature.factors import Factors, FactorStrategy, InitRule
 from kfac_bench.curvature.inverse import (
     FactorInverseError,
     InverseJob,
     torch_threads,
 )
-from kfac_bench.curvature.layer_state import KfacError, LayerState, StepInfo, find_layers
+from kfac_bench.curvature.layer_state import (
+    KfacError,
+    LayerState,
+    StepInfo,
+    check_finite_factors,
+    factor_diagnostics,
+    find_layers,
+)
+from kfac_bench.curvature.pipeline import BackgroundSlot
+from kfac_bench.curvature.trust_region import trust_region_scale
 
 
 class _FisherPass:
@@ -92,7 +103,7 @@ class _FisherPass:
             return
         if self.done:
             raise KfacError("fisher.backward() called twice in one Fisher pass")
-        self.kfac._accumulate(self.kfac.capture.output_gradients(fisher_loss))
+        self.kfac._take_batch(self.kfac.capture.output_gradients(fisher_loss))
         self.done = True
 
 
@@ -158,8 +169,13 @@ class KFAC(torch.optim.Optimizer):
                 f"kfac.async_staleness must be in [1, kfac.inverse_every = {config.inverse_every}]"
                 f", got {config.async_staleness}"
             )
-        if config.async_inverse and config.damping_mode == "ekfac":
-            raise KfacError("kfac.async_inverse=true does not support kfac.damping_mode='ekfac'")
+        for knob in ("async_inverse", "pipelined_stats"):
+            if getattr(config, knob) and config.damping_mode == "ekfac":
+                raise KfacError(f"kfac.{knob}=true does not support kfac.damping_mode='ekfac'")
+        # pipelined_stats (curvature/pipeline.py): this update's Fisher batch, not yet folded, and
+        # the previous one's statistics being computed on a background thread
+        self._taken: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None
+        self._stats_thread: BackgroundSlot[dict[str, Factors]] = BackgroundSlot("kfac-stats")
         self._job: InverseJob | None = None  # the background decomposition in flight
         # ekfac: (layer input, grad_output) of the last Fisher pass whose scaling is due
         self._scale_batch: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -186,41 +202,54 @@ class KFAC(torch.optim.Optimizer):
         if not handle.done:
             raise KfacError("a Fisher pass ended without fisher.backward(loss)")
 
+    def _take_batch(self, grad_outputs: dict[str, torch.Tensor]) -> None:
+        """A Fisher pass's batch: folded now, or kept for the pipeline (after the first batch)."""
+        inputs = dict(self.capture.inputs)
+        self.capture.clear()
+        if self.config.pipelined_stats and self.stats_updates > 0:
+            self._taken = (inputs, grad_outputs)
+            return
+        with self._phase("stats"):
+            self._fold(self._statistics(inputs, grad_outputs))
+
     @torch.no_grad()
-    def _accumulate(self, grad_outputs: dict[str, torch.Tensor]) -> None:
+    def _statistics(
+        self, inputs: dict[str, torch.Tensor], grad_outputs: dict[str, torch.Tensor]
+    ) -> dict[str, Factors]:
+        """Each layer's factor statistic of one Fisher batch (reads the batch, writes no state
+        but the ekfac scale batch, so it may run on the pipeline's thread)."""
         fraction = self.config.stats_batch_fraction
         scale_due = (
             self.config.damping_mode == "ekfac"
             and self.stats_updates % self.config.ekfac_scale_every == 0
         )
-        with using_workspace(self._workspace), self._phase("stats"):
+        stats = {}
+        with using_workspace(self._workspace):
             for name, layer in self.layers.items():
-                layer_input, grad_output = self.capture.inputs[name], grad_outputs[name]
+                layer_input, grad_output = inputs[name], grad_outputs[name]
                 if fraction < 1.0:
                     full = layer_input.shape[0]
                     rows = max(1, math.ceil(fraction * full))
                     # keep ĝ = B_full·g: the variant multiplies by its own (smaller) batch size
                     layer_input = layer_input[:rows]
                     grad_output = grad_output[:rows] * (full / rows)
-                layer.fold(self.variant.factors(layer.module, layer_input, grad_output))
+                stats[name] = self.variant.factors(layer.module, layer_input, grad_output)
                 if scale_due:
                     self._scale_batch[name] = (layer_input, grad_output)
-        self.capture.clear()
-        self.stats_updates += 1
-        self._check_finite()
+        return stats
 
-    def _check_finite(self) -> None:
-        values = [
-            m.value for layer in self.layers.values() for m in (layer.A, layer.G, layer.bias_G) if m
-        ]
-        # One reduction per factor: a NaN or ±inf entry makes its sum non-finite. (A finite
-        # factor whose sum overflows only sends us to the exact per-entry check below.)
-        if bool(torch.stack([v.sum() for v in values]).isfinite().all()):
-            return
-        for layer in self.layers.values():
-            for label, m in (("A", layer.A), ("G", layer.G), ("bias_G", layer.bias_G)):
-                if m is not None and not bool(m.value.isfinite().all()):
-                    raise KfacError(f"non-finite {label} factor in layer {layer.name!r}")
+    @torch.no_grad()
+    def _fold(self, stats: dict[str, Factors]) -> None:
+        for name, factors in stats.items():
+            self.layers[name].fold(factors)
+        self.stats_updates += 1
+        check_finite_factors(self.layers.values())
+
+    def _join_statistics(self) -> None:
+        """Fold the pipeline's statistics in flight, if any (waiting for them)."""
+        if self._stats_thread.busy:
+            with self._phase("stats"):
+                self._fold(self._stats_thread.join())
 
     # --- inverse ----------------------------------------------------------------------------
     def _check_ready_to_invert(self) -> None:
@@ -281,6 +310,7 @@ class KFAC(torch.optim.Optimizer):
     def close(self, timeout_s: float | None = None) -> None:
         """Wait (at most ``timeout_s``, default ``async_timeout_s``) for a background
         decomposition in flight, then drop it. Never blocks longer; idempotent."""
+        self._stats_thread.close()
         job, self._job = self._job, None
         if job is not None and job._thread is not None:
             limit = self.config.async_timeout_s if timeout_s is None else timeout_s
@@ -289,6 +319,16 @@ class KFAC(torch.optim.Optimizer):
     # --- step -------------------------------------------------------------------------------
     @torch.no_grad()
     def step(self, closure=None) -> StepInfo:
+        self._join_statistics()
+        info = self._step()
+        if self._taken is None:
+            return info
+        inputs, grad_outputs = self._taken
+        self._taken = None
+        self._stats_thread.submit(lambda: self._statistics(inputs, grad_outputs))
+        return dataclasses.replace(info, stats_staleness=1)
+
+    def _step(self) -> StepInfo:
         lr = float(self.param_groups[0]["lr"])
         self.updates += 1
         if self.updates <= self.config.cold_iters:
@@ -350,18 +390,8 @@ class KFAC(torch.optim.Optimizer):
         return torch.float64 if self.config.dtype == "float64" else torch.float32
 
     def _trust_region(self, q: torch.Tensor, lr: float) -> torch.Tensor:
-        c = self.config
-        delta = float(self.param_groups[0].get("kl_clip", c.kl_clip))  # schedulable, like lr
-        q = q.clamp_min(0.0)
-        if c.trust_region == "none":
-            return torch.ones_like(q)
-        if c.trust_region == "baselines":
-            bound = torch.sqrt(delta / (lr**2 * q))
-        elif c.trust_region == "acktr-paper":
-            bound = torch.sqrt(2.0 * delta / (lr**2 * q + 1e-6))
-        else:  # notebook
-            bound = torch.sqrt(delta / (0.5 * q + 1e-8))
-        return bound.clamp(max=c.max_nu)  # q = 0 gives inf -> max_nu
+        delta = float(self.param_groups[0].get("kl_clip", self.config.kl_clip))  # schedulable
+        return trust_region_scale(q, lr, delta, self.config.trust_region, self.config.max_nu)
 
     def _cold_step(self, lr: float) -> StepInfo:
         self._applied.clear()
@@ -379,47 +409,17 @@ class KFAC(torch.optim.Optimizer):
         zero = torch.zeros(())
         return StepInfo(lr, torch.ones(()), zero, zero, cold=True, inverted=False)
 
-    @torch.no_grad()
     def applied_step_kl(self, params: set[nn.Parameter] | None = None) -> torch.Tensor:
-        """½·Δθᵀ F̃ Δθ of the last step actually applied, over the layers whose weight is in
-        ``params`` (all layers when None). Δθ_p = −scale·update as applied (momentum buffer, or
-        the cold SGD buffer). F̃ per layer: A ⊗ G of the running factors, with the bias in A's
-        homogeneous coordinate, or, for a separate bias block, Δbᵀ·bias_G·Δb; under ekfac F̃ is the
-        EKFAC curvature Q diag(s) Qᵀ in use (``LayerState.curvature_quadratic``). An
-        ``exact_diagonal`` parameter adds F·‖Δθ‖² (when in ``params``); the other parameters
-        outside Linear/Conv2d have no curvature estimate and are left out. nan before any
-        statistics."""
-        total: torch.Tensor | float = 0.0
-        for layer in self.layers.values():
-            weight, bias = layer.module.weight, layer.module.bias
-            if params is not None and weight not in params:
-                continue
-            if layer.A.value is None or weight not in self._applied:
-                return torch.full((), math.nan)
-
-            d_w = self._applied_delta(weight, layer.dtype).reshape(weight.shape[0], -1)
-            d_b = None if bias is None else self._applied_delta(bias, layer.dtype)
-            total = total + layer.curvature_quadratic(d_w, d_b)
-        for p, fisher in self.exact_diagonal.items():
-            if (params is None or p in params) and p in self._applied:
-                total = total + fisher * self._applied_delta(p, self.layers_dtype).pow(2).sum()
-        return 0.5 * torch.as_tensor(total).cpu()
-
-    def _applied_delta(self, p: nn.Parameter, dtype: torch.dtype) -> torch.Tensor:
-        update, scale = self._applied[p]
-        return (update * scale).to(dtype)
+        """½·Δθᵀ F̃ Δθ of the last step actually applied (``curvature/applied_kl.py``)."""
+        return applied_step_kl(self, params)
 
     # --- diagnostics and state --------------------------------------------------------------
     def diagnostics(self) -> dict[str, float]:
         """Per-layer traces, condition numbers and clipped-eigenvalue counts of the last inverse."""
-        names = [n for n, layer in self.layers.items() if layer.weights is not None]
-        if not names:
-            return {}
-        stacked = torch.stack([self.layers[n].weights.diagnostics.float() for n in names]).tolist()
-        keys = ("A_trace", "G_trace", "A_cond", "G_cond", "A_clipped", "G_clipped")
-        return {f"diag/{n}/{k}": v for n, row in zip(names, stacked) for k, v in zip(keys, row)}
+        return factor_diagnostics(self.layers)
 
     def state_dict(self) -> dict:
+        self._join_statistics()  # the factors as the next step will see them
         base = super().state_dict()
         state = {
             "optimizer": base,

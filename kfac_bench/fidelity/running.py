@@ -89,6 +89,7 @@ def running_blocks(
         damping_mode=EKFAC if ekfac else "eigen",
         stats_every=1,
         cold_iters=0,
+        pipelined_stats=False,
     )
     root = kfac_root(policy)
     params = [p for p in root.parameters() if p.requires_grad]

@@ -49,7 +49,8 @@ def lr_at(config: RunConfig, steps_done: int) -> float:
 
 def empty_metrics(lr: float) -> Metrics:
     keys = ("policy_loss", "value_loss", "entropy", "grad_norm", "kl", "predicted_kl")
-    keys += ("predicted_kl_total", "trust_q", "nu", "inverse_staleness", "clip_fraction")
+    keys += ("predicted_kl_total", "trust_q", "nu", "inverse_staleness", "stats_staleness")
+    keys += ("clip_fraction",)
     return {**dict.fromkeys(keys), "lr": lr}
 
 

@@ -142,6 +142,7 @@ class AcktrRule(UpdateRule):
         except KfacError as error:
             raise Diverged(str(error)) from error
         metrics.update(nu=info.nu, trust_q=info.q, inverse_staleness=info.staleness)
+        metrics["stats_staleness"] = info.stats_staleness
         with timing.phase("critic"):
             if self.critic_optimizer is not None:
                 self.critic_optimizer.step()

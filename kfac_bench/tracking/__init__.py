@@ -54,6 +54,7 @@ UPDATE_TAGS: dict[str, str] = {
     "nu": "kfac/nu",
     "trust_q": "kfac/trust_q",
     "inverse_staleness": "kfac/inverse_staleness",
+    "stats_staleness": "kfac/stats_staleness",
     **{column: f"time/{column.removeprefix('time_')}" for column in timing.COLUMNS},
 }
 #: episodes.csv column -> tag (``wall_time`` is the event's own wall time, not a scalar).

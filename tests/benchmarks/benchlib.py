@@ -384,7 +384,7 @@ class UpdateHarness:
             return wrapper
 
         kfac.capture.output_gradients = timed("fisher_backward", kfac.capture.output_gradients)
-        kfac._accumulate = timed("statistics", kfac._accumulate)
+        kfac._statistics = timed("statistics", kfac._statistics)
         kfac._refresh_decompositions = timed("decompositions", kfac._refresh_decompositions)
         for layer in kfac.layers.values():
             layer.precondition = timed("precondition", layer.precondition)
