@@ -70,7 +70,7 @@ from kfac_bench.curvature.adapters import (
     Workspace,
     using_workspace,
 )
-from kfac_bench.curvature.applied_kl import applied_step_kl
+from kfac_bench.curvature.applied_kl import Applied, applied_step_kl
 from kfac_bench.curvature.capture import CaptureError, LayerCapture
 from kfac_bench.curvature.factors import Factors, FactorStrategy, InitRule
 from kfac_bench.curvature.inverse import (
@@ -183,8 +183,7 @@ class KFAC(torch.optim.Optimizer):
         self._decomposed_at = 0  # kfac step whose statistics the decompositions in use come from
         self.inverse_staleness = 0  # StepInfo.staleness of the last step
         self.inverse_seconds = math.nan  # wall time of the last background decomposition
-        # the last applied step, Δθ_p = −scale·update (for applied_step_kl)
-        self._applied: dict[nn.Parameter, tuple[torch.Tensor, float]] = {}
+        self._applied: Applied = {}  # the last applied step, Δθ_p = −scale·update
 
     # --- statistics -----------------------------------------------------------------------
     def statistics_due(self) -> bool:
@@ -411,7 +410,8 @@ class KFAC(torch.optim.Optimizer):
 
     def applied_step_kl(self, params: set[nn.Parameter] | None = None) -> torch.Tensor:
         """½·Δθᵀ F̃ Δθ of the last step actually applied (``curvature/applied_kl.py``)."""
-        return applied_step_kl(self, params)
+        layers, applied = self.layers.values(), self._applied
+        return applied_step_kl(layers, applied, self.exact_diagonal, self.layers_dtype, params)
 
     # --- diagnostics and state --------------------------------------------------------------
     def diagnostics(self) -> dict[str, float]:
