@@ -9,6 +9,7 @@ import dataclasses
 import pytest
 import torch
 from fidelity_support import one_thread  # noqa: F401  (fixture)
+from kfac_oracles import assert_batch1_factors_are_exact
 from torch import nn
 from torch.func import functional_call, grad
 
@@ -23,11 +24,6 @@ from kfac_bench.rl.losses import fisher_loss
 from kfac_bench.rl.policies import build_policy
 
 COEF = 0.7  # vf_fisher_coef: the value rows' weight 4c² = 1.96 is visibly not 1
-
-
-def flat_grad(per_example: dict[str, torch.Tensor]) -> torch.Tensor:
-    """[W | b] row-major, the M order of one Linear layer."""
-    return torch.cat([per_example["weight"], per_example["bias"][:, None]], dim=1).reshape(-1)
 
 
 @pytest.mark.parametrize("name", variants.names())
@@ -49,7 +45,6 @@ def test_linear_batch1_gaussian_kron_equals_exact_fisher_block(name):
 
     params = {k: v.detach() for k, v in layer.named_parameters()}
     per_example = grad(log_pi)(params, x)
-    exact = torch.outer(flat_grad(per_example), flat_grad(per_example))
     # the derivative at the mean is (a − μ)/σ² (a hand formula, not autograd)
     with torch.no_grad():
         delta = (action - layer(x)) / torch.exp(2 * log_std)
@@ -59,13 +54,7 @@ def test_linear_batch1_gaussian_kron_equals_exact_fisher_block(name):
     g = torch.autograd.grad(
         fisher_loss(DiagGaussian(out, log_std), out.new_zeros(1), action, 0.0, False), out
     )[0]
-    f = variants.get(name).factors(layer, x, g)
-    if f.bias_G is None:
-        torch.testing.assert_close(torch.kron(f.G, f.A), exact)
-    else:
-        w = per_example["weight"].reshape(-1)
-        torch.testing.assert_close(torch.kron(f.G, f.A), torch.outer(w, w))
-        torch.testing.assert_close(f.bias_G, torch.outer(per_example["bias"], per_example["bias"]))
+    assert_batch1_factors_are_exact(variants.get(name).factors(layer, x, g), per_example)
 
 
 def gaussian_problem(separate_critic: bool, seed: int = 0, batch: int = 5) -> FisherProblem:

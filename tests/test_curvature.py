@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from kfac_oracles import assert_batch1_factors_are_exact
 from torch import nn
 from torch.func import functional_call, grad
 
@@ -172,19 +173,10 @@ def test_linear_batch1_kron_equals_exact_fisher_block(name):
 
     params = {k: v.detach() for k, v in layer.named_parameters()}
     per_example = grad(loss_fn)(params, x)
-    vec = torch.cat([per_example["weight"], per_example["bias"][:, None]], dim=1).reshape(-1)
-    exact = torch.outer(vec, vec)
 
     out = layer(x)
     g = torch.autograd.grad(torch.log_softmax(out, -1)[0, action[0]], out)[0]
-    f = variants.get(name).factors(layer, x, g)
-    if f.bias_G is None:
-        torch.testing.assert_close(torch.kron(f.G, f.A), exact)
-    else:
-        w = per_example["weight"].reshape(-1)
-        torch.testing.assert_close(torch.kron(f.G, f.A), torch.outer(w, w))
-        b = per_example["bias"]
-        torch.testing.assert_close(f.bias_G, torch.outer(b, b))
+    assert_batch1_factors_are_exact(variants.get(name).factors(layer, x, g), per_example)
 
 
 def test_linear_single_input_kron_equals_true_fisher_expectation_over_actions():
