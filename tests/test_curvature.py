@@ -483,11 +483,55 @@ def test_gram_equals_the_sum_of_outer_products(cols, dtype):
         assert torch.equal(got[:half, half:], got[half:, :half].T)
 
 
+@pytest.mark.parametrize("layout", ["row-major", "column-major", "column-slice"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_blas_syrk_equals_the_sum_of_outer_products(layout, dtype):
+    """curvature/syrk.py (MKL syrk + mirror) against Σ_n x_n x_nᵀ in float64, on the three layouts
+    the statistics hand it: row-major rows, a transposed column-major buffer (conv2/conv3 patch
+    rows) and a column slice of a wider buffer (patch rows without the homogeneous column)."""
+    from kfac_bench.curvature import syrk
+
+    if not syrk.available(dtype):
+        pytest.skip("this torch build exports no MKL syrk (factors.gram uses its blocked product)")
+    gen = torch.Generator().manual_seed(3)
+    n, k = 300, 257
+    if layout == "row-major":
+        rows = torch.randn(n, k, generator=gen, dtype=torch.float64).to(dtype)
+    elif layout == "column-major":
+        rows = torch.randn(k, n, generator=gen, dtype=torch.float64).to(dtype).T
+    else:
+        rows = torch.randn(n, k + 1, generator=gen, dtype=torch.float64).to(dtype)[:, :k]
+    want = torch.zeros(k, k, dtype=torch.float64)
+    for x in rows.double():
+        want += torch.outer(x, x)
+    assert syrk.worthwhile(rows)
+    got = syrk.symmetric_product(rows, 0.37)
+    assert got is not None and got.dtype == dtype and got.shape == (k, k)
+    assert torch.equal(got, got.T)  # mirrored, not recomputed
+    tol = {"rtol": 1e-5, "atol": 1e-4} if dtype == torch.float32 else {"rtol": 1e-12, "atol": 1e-10}
+    torch.testing.assert_close(got.double(), 0.37 * want, **tol)
+
+
+def test_blas_syrk_declines_what_it_cannot_read_in_place():
+    """Rows that are neither row- nor column-major (a strided view both ways) come back None, and
+    gram then still computes them; short batches (N < K) are not worth the mirror."""
+    from kfac_bench.curvature import syrk
+    from kfac_bench.curvature.factors import gram
+
+    base = torch.randn(40, 30, dtype=torch.float64)
+    odd = base[::2, ::3]  # strides (60, 3)
+    assert syrk.symmetric_product(odd, 1.0) is None
+    torch.testing.assert_close(gram(odd, 1.0), odd.T @ odd)
+    assert not syrk.worthwhile(torch.randn(10, 20))
+
+
 @pytest.mark.parametrize("name", variants.names())
 def test_kfac_steps_with_the_symmetric_kernel_match_the_single_gemm_kernel(name, monkeypatch):
-    """The reference presets compute what they did before the blocked kernel: three float32
-    K-FAC steps on a layer wide enough for it (K = 401 > 256) equal, to float tolerance, the same
-    steps with every statistic as the single GEMM the factors were computed with before."""
+    """The reference presets compute what they did before the symmetric kernels: three float32
+    K-FAC steps on a layer wide enough for the blocked product (K = 401 > 256, N = 64) and a conv
+    whose patch rows outnumber their columns (BLAS syrk where available) equal, to float
+    tolerance, the same steps with every statistic as the single GEMM the factors were computed
+    with before."""
     from kfac_bench.curvature import factors
 
     def run() -> list[torch.Tensor]:
@@ -513,9 +557,19 @@ def test_kfac_steps_with_the_symmetric_kernel_match_the_single_gemm_kernel(name,
     monkeypatch.setattr(
         factors, "_symmetric_blocks", lambda *args: calls.append(args[3:]) or recurse(*args)
     )
+    blas_calls = []
+    product = factors.syrk.symmetric_product
+    monkeypatch.setattr(
+        factors.syrk,
+        "symmetric_product",
+        lambda rows, scale: blas_calls.append(rows.shape) or product(rows, scale),
+    )
     blocked = run()
     assert any(lo == 0 and hi >= 400 for lo, hi in calls)  # blocked: the Linear(400, ·) A
+    if factors.syrk.available(torch.float32):
+        assert any(k in (36, 37) for _, k in blas_calls)  # BLAS syrk: the conv's A
     monkeypatch.setattr(factors, "SYMMETRIC_BLOCK", 10**9)  # every product one GEMM again
+    monkeypatch.setattr(factors.syrk, "worthwhile", lambda rows: False)  # no BLAS syrk either
     calls.clear()
     single = run()
     assert not calls

@@ -22,6 +22,7 @@ from typing import ClassVar, Literal
 import torch
 from torch import nn
 
+from kfac_bench.curvature import syrk
 from kfac_bench.curvature.adapters import LayerBatch, layer_batch
 
 
@@ -126,8 +127,10 @@ SYMMETRIC_BLOCK = 128
 def gram(rows: torch.Tensor, scale: float) -> torch.Tensor:
     """scale · rowsᵀ rows, shape (K, K), for rows (N, K).
 
-    The product is symmetric, so only one triangle needs computing, as BLAS ``syrk`` does; torch
-    exposes no syrk, so on CPU the columns are split in halves [X₁ X₂] recursively: the diagonal
+    The product is symmetric, so only one triangle needs computing. On CPU, with at least as many
+    rows as columns, that is BLAS ``syrk`` itself (``curvature/syrk.py``: MKL's, through the
+    symbols torch's wheel exports, one triangle then mirrored). Otherwise, or where that BLAS is
+    missing, the columns are split in halves [X₁ X₂] recursively: the diagonal
     blocks X₁ᵀX₁ and X₂ᵀX₂ recurse, the off-diagonal block X₁ᵀX₂ is one GEMM and is mirrored
     (the blocked SYRK of Goto & van de Geijn, "High-performance implementation of the level-3
     BLAS", *ACM TOMS* 35(1), 2008). Each level halves the work
@@ -135,6 +138,10 @@ def gram(rows: torch.Tensor, scale: float) -> torch.Tensor:
     the rest of torch. Blocks narrower than 2·``SYMMETRIC_BLOCK`` columns, and every product on a
     GPU, are one GEMM. The scale is BLAS's α: no extra pass over the result.
     """
+    if syrk.worthwhile(rows):
+        product = syrk.symmetric_product(rows, scale)
+        if product is not None:
+            return product
     if rows.device.type != "cpu" or rows.shape[1] < 2 * SYMMETRIC_BLOCK:
         return _scaled_product(rows, rows, scale)
     out = rows.new_empty(rows.shape[1], rows.shape[1])

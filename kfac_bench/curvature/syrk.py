@@ -1,0 +1,129 @@
+"""BLAS ``syrk`` for the factor statistics: scale · XᵀX computing one triangle, at BLAS speed.
+
+torch has no symmetric rank-k product, but the x86 Linux torch wheels link Intel MKL statically
+and export MKL's level-3 ``syrk`` entry points from ``libtorch_cpu`` (``mkl_blas_ssyrk`` /
+``mkl_blas_dsyrk``, the Fortran-convention routines behind ``ssyrk_``/``dsyrk_``: uplo, trans,
+n, k, α, A, lda, β, C, ldc, every argument by reference, 32-bit integers). They are found with
+ctypes at first use and checked once against a small dense product; where they are missing (other
+platforms, builds without MKL) or the check fails, :func:`available` is False and the caller
+(``factors.gram``) keeps its blocked product. ctypes releases the GIL for the call, so the
+pipelined statistics' thread (``curvature/pipeline.py``) still overlaps it with the trainer.
+
+The product is written into the lower triangle of a row-major (K, K) tensor (the upper triangle of
+its column-major view) and mirrored. Mirroring reads a K² matrix transposed, which costs about as
+much as the saved half of the product when the batch is short (fc layers: N = 640 rows against
+K = 3137 columns), so :func:`worthwhile` asks for N ≥ K.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+
+import torch
+
+_ROUTINES = {
+    torch.float32: ("mkl_blas_ssyrk", ctypes.c_float),
+    torch.float64: ("mkl_blas_dsyrk", ctypes.c_double),
+}
+_INT_MAX = 2**31 - 1
+
+
+@functools.cache
+def _library() -> ctypes.CDLL | None:
+    path = os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so")
+    try:
+        return ctypes.CDLL(path)
+    except OSError:
+        return None
+
+
+@functools.cache
+def _routine(dtype: torch.dtype):
+    library = _library()
+    name, scalar = _ROUTINES[dtype]
+    function = getattr(library, name, None) if library is not None else None
+    if function is None:
+        return None
+    function.restype = None
+    return function, scalar
+
+
+def _call(rows: torch.Tensor, scale: float, out: torch.Tensor) -> bool:
+    """Write scale · rowsᵀ rows into the lower triangle of ``out`` (row-major); False when the
+    layout or sizes are not ones BLAS can read in place."""
+    found = _routine(rows.dtype)
+    if found is None:
+        return False
+    function, scalar = found
+    n_rows, k = rows.shape
+    row_stride, col_stride = rows.stride()
+    # column-major view of rows' memory: C = A Aᵀ with A (K, N) when rows are row-major,
+    # C = Aᵀ A with A (N, K) when they are column-major (a transposed buffer)
+    if col_stride == 1 and row_stride >= max(1, k):
+        trans, lda = b"N", row_stride
+    elif row_stride == 1 and col_stride >= max(1, n_rows):
+        trans, lda = b"T", col_stride
+    else:
+        return False
+    if max(n_rows, k, lda) > _INT_MAX:
+        return False
+    c_int = ctypes.c_int
+    function(
+        ctypes.c_char_p(b"U"),
+        ctypes.c_char_p(trans),
+        ctypes.byref(c_int(k)),
+        ctypes.byref(c_int(n_rows)),
+        ctypes.byref(scalar(scale)),
+        ctypes.c_void_p(rows.data_ptr()),
+        ctypes.byref(c_int(lda)),
+        ctypes.byref(scalar(0.0)),
+        ctypes.c_void_p(out.data_ptr()),
+        ctypes.byref(c_int(k)),
+    )
+    return True
+
+
+@functools.cache
+def _upper_mask(k: int) -> torch.Tensor:
+    return torch.ones(k, k, dtype=torch.bool).triu(1)
+
+
+@functools.cache
+def available(dtype: torch.dtype = torch.float32) -> bool:
+    """Whether BLAS syrk is there for ``dtype`` and agrees with a dense product (checked once, on
+    both layouts)."""
+    if dtype not in _ROUTINES or _routine(dtype) is None:
+        return False
+    gen = torch.Generator().manual_seed(0)
+    rows = torch.randn(37, 11, generator=gen, dtype=torch.float64)
+    want = 0.5 * rows.T @ rows
+    for layout in (rows.to(dtype), rows.T.contiguous().to(dtype).T):
+        got = torch.empty(11, 11, dtype=dtype)
+        if not _call(layout, 0.5, got):
+            return False
+        if not torch.allclose(got.tril().double(), want.tril(), rtol=1e-5, atol=1e-5):
+            return False
+    return True
+
+
+def worthwhile(rows: torch.Tensor) -> bool:
+    """syrk for these (N, K) rows: CPU, float32/64, N ≥ K (module docstring) and BLAS present."""
+    n_rows, k = rows.shape
+    return (
+        rows.device.type == "cpu"
+        and rows.dtype in _ROUTINES
+        and n_rows >= k > 1
+        and available(rows.dtype)
+    )
+
+
+def symmetric_product(rows: torch.Tensor, scale: float) -> torch.Tensor | None:
+    """scale · rowsᵀ rows (K, K) through BLAS syrk and a mirror, or None when the layout of
+    ``rows`` is not one BLAS reads in place (then the caller computes it another way)."""
+    k = rows.shape[1]
+    lower = rows.new_empty(k, k)
+    if not _call(rows, scale, lower):
+        return None
+    return torch.where(_upper_mask(k).to(rows.device), lower.T, lower)
