@@ -114,6 +114,7 @@ class LayerBatch:
         self._rows: torch.Tensor | None = None  # (B·T, K+1) with the homogeneous 1 last
         self._grad = derivs / self.batch_size  # (B, T, C) gradient of the batch-mean loss
         self._derivs: torch.Tensor | None = derivs
+        self.scratch_slot = ""
 
     # --- constructors used by the adapters ----------------------------------------------------
     @classmethod
@@ -138,6 +139,9 @@ class LayerBatch:
         self._rows = None
         self._grad = grad
         self._derivs = None
+        # suffix of the workspace slot the patch rows go to: KFAC gives each layer its own, so a
+        # layer's rows outlive the next layer's statistic (curvature/weight_grad.py reuses them)
+        self.scratch_slot = ""
         return self
 
     # --- what the statistics use ----------------------------------------------------------------
@@ -148,6 +152,10 @@ class LayerBatch:
             _, c, _, _, kh, kw = self._window.shape
             return c * kh * kw
         return self._patches.shape[2]
+
+    @property
+    def _patch_slot(self) -> str:
+        return f"patches{self.scratch_slot}"
 
     def patch_rows(self, homogeneous: bool) -> torch.Tensor:
         """(B·T, K[+1]) patch rows, the homogeneous coordinate 1 last when ``homogeneous``.
@@ -166,21 +174,21 @@ class LayerBatch:
             if not homogeneous:
                 return rows
             if self._rows is None:
-                self._rows = _scratch("patches", (rows.shape[0], k + 1), rows)
+                self._rows = _scratch(self._patch_slot, (rows.shape[0], k + 1), rows)
                 self._rows[:, :k].copy_(rows)
                 self._rows[:, k] = 1.0
             return self._rows
         if self._rows is None:
             b, c, oh, ow, kh, kw = self._window.shape
             if kw >= ROW_MAJOR_MIN_KW:
-                buffer = _scratch("patches", (b, oh, ow, k + 1), self._window)
+                buffer = _scratch(self._patch_slot, (b, oh, ow, k + 1), self._window)
                 buffer[..., :k].view(b, oh, ow, c, kh, kw).copy_(
                     self._window.permute(0, 2, 3, 1, 4, 5)
                 )
                 buffer[..., k] = 1.0
                 self._rows = buffer.view(b * oh * ow, k + 1)
             else:
-                buffer = _scratch("patches", (k + 1, b, oh, ow), self._window)
+                buffer = _scratch(self._patch_slot, (k + 1, b, oh, ow), self._window)
                 buffer[:k].view(c, kh, kw, b, oh, ow).copy_(self._window.permute(1, 4, 5, 0, 2, 3))
                 buffer[k] = 1.0
                 self._rows = buffer.view(k + 1, b * oh * ow).T

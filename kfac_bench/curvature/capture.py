@@ -9,7 +9,7 @@ which is exactly the ``grad_output`` a full backward hook would receive and leav
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -85,3 +85,27 @@ class LayerCapture:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+
+
+class FisherPass:
+    """Handle yielded by ``KFAC.fisher_pass``: ``backward(fisher_loss)`` hands d(Fisher loss)/
+    d(outputs) of the recorded layers to ``take`` (once); a no-op when statistics are not due."""
+
+    def __init__(
+        self,
+        capture: LayerCapture,
+        due: bool,
+        take: Callable[[dict[str, torch.Tensor]], None],
+    ) -> None:
+        self.capture = capture
+        self.due = due
+        self.take = take
+        self.done = False
+
+    def backward(self, fisher_loss: torch.Tensor) -> None:
+        if not self.due:
+            return
+        if self.done:
+            raise CaptureError("fisher.backward() called twice in one Fisher pass")
+        self.take(self.capture.output_gradients(fisher_loss))
+        self.done = True

@@ -39,7 +39,7 @@ from typing import Literal
 
 import torch
 
-from kfac_bench.curvature.adapters import LayerBatch
+from kfac_bench.curvature.adapters import LayerBatch, Workspace, using_workspace
 
 Route = Literal["auto", "project-first", "per-example"]
 
@@ -117,3 +117,17 @@ def reset_scale(a_vals: torch.Tensor, g_vals: torch.Tensor) -> torch.Tensor:
 def fold_scale(scale: torch.Tensor, statistic: torch.Tensor, decay: float) -> None:
     """In place: s ← d·s + (1 − d)·statistic (KFAC-Pytorch ``update_running_stat``)."""
     scale.mul_(decay).add_(statistic.to(scale.dtype), alpha=1.0 - decay)
+
+
+def fold_kept_passes(
+    layers: dict,
+    kept: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    decay: float,
+    workspace: Workspace,
+) -> None:
+    """Fold each layer's kept Fisher pass (input, grad_output) into its s (``LayerState.fold_scale``
+    with ``decay``), then forget them: what ``KFAC.step`` does after refreshing the bases."""
+    with using_workspace(workspace):
+        for name, (layer_input, grad_output) in kept.items():
+            layers[name].fold_scale(layer_input, grad_output, decay)
+    kept.clear()

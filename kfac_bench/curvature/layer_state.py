@@ -199,3 +199,16 @@ def factor_diagnostics(layers: dict[str, LayerState]) -> dict[str, float]:
     stacked = torch.stack([layers[n].weights.diagnostics.float() for n in names]).tolist()
     keys = ("A_trace", "G_trace", "A_cond", "G_cond", "A_clipped", "G_clipped")
     return {f"diag/{n}/{k}": v for n, row in zip(names, stacked) for k, v in zip(keys, row)}
+
+
+def check_schedule(config: KfacConfig) -> None:
+    """Refuse the overlap settings K-FAC cannot honour (also checked by ``config``'s consistency
+    rules, which the CLI goes through; this covers direct users of ``KFAC``)."""
+    if config.async_inverse and not 1 <= config.async_staleness <= config.inverse_every:
+        raise KfacError(
+            f"kfac.async_staleness must be in [1, kfac.inverse_every = {config.inverse_every}]"
+            f", got {config.async_staleness}"
+        )
+    for knob in ("async_inverse", "pipelined_stats"):
+        if getattr(config, knob) and config.damping_mode == "ekfac":
+            raise KfacError(f"kfac.{knob}=true does not support kfac.damping_mode='ekfac'")

@@ -5,8 +5,12 @@ Lifecycle of one update (what the trainer does)::
     with kfac.fisher_pass() as fisher:        # records layer inputs/outputs (only if stats are due)
         logits, value = model(obs)
         fisher.backward(fisher_loss)          # d(Fisher loss)/d(outputs) -> factors -> running avg
-    optimizer.zero_grad(); training_loss.backward()   # the same graph, ordinary backward
+    optimizer.zero_grad(); kfac.backward(training_loss)   # the same graph (or loss.backward())
     info = kfac.step()                        # precondition .grad, trust region, momentum
+
+``kfac.backward`` reuses the statistics' patch rows for the weight gradients when they were
+computed synchronously from the whole batch (``curvature/weight_grad.py``), else it is
+``loss.backward()``.
 
 Step (openai/baselines ``baselines/acktr/kfac.py`` lines 779-801, 879-893)::
 
@@ -15,11 +19,9 @@ Step (openai/baselines ``baselines/acktr/kfac.py`` lines 779-801, 879-893)::
     ν   = trust_region_scale(q, lr, δ)              (trust_region.py: the four rules)
     buf ← μ·buf + ν·Δ;   θ ← θ − lr·(1−μ)·buf       (momentum_scale "1-mu"; "1": θ ← θ − lr·buf, KP)
 
-``predicted_kl`` reported per step is the quadratic model's KL of the steady-state step lr·ν·Δ:
-½·lr²·ν²·q (exact when F̃Δ = g, i.e. no clipping and the step is small). The prediction for the
-step actually applied (momentum, cold SGD steps and clipped eigenvalues included) is
-:meth:`KFAC.applied_step_kl`: ½·Δθᵀ F̃ Δθ with F̃ the block-diagonal Kronecker Fisher of the running
-factors, per layer ⟨ΔW, G·ΔW·A⟩ (= vec(ΔW)ᵀ (A ⊗ G) vec(ΔW)), undamped.
+``predicted_kl`` per step is the quadratic model's KL of the steady-state step lr·ν·Δ, ½·lr²·ν²·q;
+:meth:`KFAC.applied_step_kl` is ½·Δθᵀ F̃ Δθ of the step actually applied (momentum, cold steps,
+clipping included), F̃ the undamped block-diagonal Kronecker Fisher: per layer ⟨ΔW, G·ΔW·A⟩.
 
 Cold start (baselines, ``cold_iters`` > 0): the first updates are momentum SGD (lr·``cold_lr_scale``,
 μ_cold, no (1−μ)) on gradients clipped to ``cold_clip`` while the statistics already accumulate
@@ -36,20 +38,13 @@ log-std of ``acktr/policies.py``). Any other such parameter is an error unless
 Decompositions are recomputed every ``inverse_every`` preconditioned steps from the current running
 factors (ikostrikov ``algo/kfac.py`` Tf = 10, ACKTR-PyTorch Tf = 10). ``StepInfo.staleness`` is the
 number of updates between the statistics a step's decomposition was computed from and the step.
-With ``async_inverse`` (off by default; openai/baselines' ``async`` eigendecomposition,
-``baselines/acktr/kfac.py`` lines 819-866) a due decomposition is computed on a background thread
-from a snapshot of the factors and installed exactly ``async_staleness`` steps later (the step waits
-for it, at most ``async_timeout_s``), so the training thread overlaps the eigendecompositions with
-its own work and a run stays reproducible. The very first decomposition is always synchronous.
-``pipelined_stats`` (off by default, ``curvature/pipeline.py``): a Fisher batch's statistics are
-computed on a background thread after the step and folded at the next one, so every step but the
-first uses factors one batch older (``StepInfo.stats_staleness`` = 1).
-
+``async_inverse`` (``inverse.InverseJob``): a due decomposition runs on a background thread from a
+snapshot and is installed exactly ``async_staleness`` steps later (the first is synchronous).
+``pipelined_stats`` (``curvature/pipeline.py``): a batch's statistics run on a background thread
+after the step and are folded at the next (``StepInfo.stats_staleness`` = 1).
 ``damping_mode = "ekfac"`` (``curvature/ekfac.py``): every ``ekfac_scale_every``-th Fisher pass keeps
-its layer inputs and output gradients until ``step``, which first refreshes the decompositions (a
-new basis restarts s at d_G d_Aᵀ) and then folds that pass's per-example statistic into s in the
-basis about to be used — the order of KFAC-Pytorch ``EKFACOptimizer.step`` (``_update_inv``, then
-``_update_scale``). Not combined with ``async_inverse``.
+its inputs and output gradients until ``step``, which refreshes the decompositions, then folds that
+pass into s (KFAC-Pytorch ``EKFACOptimizer.step`` order). Neither overlap combines with ekfac.
 """
 
 from __future__ import annotations
@@ -57,7 +52,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 
 import torch
@@ -66,12 +61,15 @@ from torch import nn
 from kfac_bench import timing
 from kfac_bench.config import KfacConfig
 from kfac_bench.curvature.adapters import (
+    LayerBatch,
     UnsupportedLayerError,
     Workspace,
+    layer_batch,
     using_workspace,
 )
 from kfac_bench.curvature.applied_kl import Applied, applied_step_kl
-from kfac_bench.curvature.capture import CaptureError, LayerCapture
+from kfac_bench.curvature.capture import CaptureError, FisherPass, LayerCapture
+from kfac_bench.curvature.ekfac import fold_kept_passes
 from kfac_bench.curvature.factors import Factors, FactorStrategy, InitRule
 from kfac_bench.curvature.inverse import (
     FactorInverseError,
@@ -83,28 +81,13 @@ from kfac_bench.curvature.layer_state import (
     LayerState,
     StepInfo,
     check_finite_factors,
+    check_schedule,
     factor_diagnostics,
     find_layers,
 )
 from kfac_bench.curvature.pipeline import BackgroundSlot
 from kfac_bench.curvature.trust_region import trust_region_scale
-
-
-class _FisherPass:
-    """Handle yielded by :meth:`KFAC.fisher_pass`; ``backward`` is a no-op when stats are not due."""
-
-    def __init__(self, kfac: KFAC, due: bool) -> None:
-        self.kfac = kfac
-        self.due = due
-        self.done = False
-
-    def backward(self, fisher_loss: torch.Tensor) -> None:
-        if not self.due:
-            return
-        if self.done:
-            raise KfacError("fisher.backward() called twice in one Fisher pass")
-        self.kfac._take_batch(self.kfac.capture.output_gradients(fisher_loss))
-        self.done = True
+from kfac_bench.curvature.weight_grad import RecordedLayer, backward_reusing_patches
 
 
 class KFAC(torch.optim.Optimizer):
@@ -164,14 +147,7 @@ class KFAC(torch.optim.Optimizer):
         self.updates = 0  # calls to step()
         self.kfac_steps = 0  # preconditioned steps taken
         self.stats_updates = 0  # Fisher passes folded into the running averages
-        if config.async_inverse and not 1 <= config.async_staleness <= config.inverse_every:
-            raise KfacError(
-                f"kfac.async_staleness must be in [1, kfac.inverse_every = {config.inverse_every}]"
-                f", got {config.async_staleness}"
-            )
-        for knob in ("async_inverse", "pipelined_stats"):
-            if getattr(config, knob) and config.damping_mode == "ekfac":
-                raise KfacError(f"kfac.{knob}=true does not support kfac.damping_mode='ekfac'")
+        check_schedule(config)
         # pipelined_stats (curvature/pipeline.py): this update's Fisher batch, not yet folded, and
         # the previous one's statistics being computed on a background thread
         self._taken: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None
@@ -180,6 +156,7 @@ class KFAC(torch.optim.Optimizer):
         # ekfac: (layer input, grad_output) of the last Fisher pass whose scaling is due
         self._scale_batch: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._workspace = Workspace()  # patch/gradient rows reused across Fisher passes
+        self._recorded: dict[str, RecordedLayer] = {}  # this update's, for kfac.backward
         self._decomposed_at = 0  # kfac step whose statistics the decompositions in use come from
         self.inverse_staleness = 0  # StepInfo.staleness of the last step
         self.inverse_seconds = math.nan  # wall time of the last background decomposition
@@ -190,9 +167,10 @@ class KFAC(torch.optim.Optimizer):
         return self.updates % self.config.stats_every == 0
 
     @contextmanager
-    def fisher_pass(self) -> Iterator[_FisherPass]:
+    def fisher_pass(self) -> Iterator[FisherPass]:
         """Record this forward for the Fisher loss (only when statistics are due this update)."""
-        handle = _FisherPass(self, self.statistics_due())
+        handle = FisherPass(self.capture, self.statistics_due(), self._take_batch)
+        self._recorded = {}
         if not handle.due:
             yield handle
             return
@@ -203,20 +181,42 @@ class KFAC(torch.optim.Optimizer):
 
     def _take_batch(self, grad_outputs: dict[str, torch.Tensor]) -> None:
         """A Fisher pass's batch: folded now, or kept for the pipeline (after the first batch)."""
-        inputs = dict(self.capture.inputs)
+        inputs, outputs = dict(self.capture.inputs), dict(self.capture.outputs)
         self.capture.clear()
         if self.config.pipelined_stats and self.stats_updates > 0:
             self._taken = (inputs, grad_outputs)
             return
+        batches: dict[str, LayerBatch] = {}
         with self._phase("stats"):
-            self._fold(self._statistics(inputs, grad_outputs))
+            self._fold(self._statistics(inputs, grad_outputs, batches))
+        if self.config.stats_batch_fraction == 1.0:  # the rows are the whole batch's
+            self._recorded = {
+                name: RecordedLayer(self.layers[name].module, outputs[name], batch)
+                for name, batch in batches.items()
+            }
+
+    def backward(self, loss: torch.Tensor, params: Iterable[nn.Parameter] | None = None) -> None:
+        """Accumulate ∂loss/∂θ into ``.grad`` as ``loss.backward()`` does. With this update's
+        patch rows (module docstring) the layers' weight gradients come from them and autograd
+        computes the rest of ``params`` (default: the model's): pass every parameter to reach."""
+        recorded, self._recorded = self._recorded, {}
+        if not recorded:
+            loss.backward()
+            return
+        backward_reusing_patches(
+            loss, recorded, self.model.parameters() if params is None else params
+        )
 
     @torch.no_grad()
     def _statistics(
-        self, inputs: dict[str, torch.Tensor], grad_outputs: dict[str, torch.Tensor]
+        self,
+        inputs: dict[str, torch.Tensor],
+        grad_outputs: dict[str, torch.Tensor],
+        batches: dict[str, LayerBatch] | None = None,
     ) -> dict[str, Factors]:
         """Each layer's factor statistic of one Fisher batch (reads the batch, writes no state
-        but the ekfac scale batch, so it may run on the pipeline's thread)."""
+        but the ekfac scale batch, so it may run on the pipeline's thread); each layer's
+        LayerBatch, its patch rows in a workspace slot of its own, goes to ``batches``."""
         fraction = self.config.stats_batch_fraction
         scale_due = (
             self.config.damping_mode == "ekfac"
@@ -232,7 +232,11 @@ class KFAC(torch.optim.Optimizer):
                     # keep ĝ = B_full·g: the variant multiplies by its own (smaller) batch size
                     layer_input = layer_input[:rows]
                     grad_output = grad_output[:rows] * (full / rows)
-                stats[name] = self.variant.factors(layer.module, layer_input, grad_output)
+                batch = layer_batch(layer.module, layer_input, grad_output)
+                batch.scratch_slot = name
+                stats[name] = self.variant.from_batch(batch)
+                if batches is not None:
+                    batches[name] = batch
                 if scale_due:
                     self._scale_batch[name] = (layer_input, grad_output)
         return stats
@@ -318,6 +322,7 @@ class KFAC(torch.optim.Optimizer):
     # --- step -------------------------------------------------------------------------------
     @torch.no_grad()
     def step(self, closure=None) -> StepInfo:
+        self._recorded = {}
         self._join_statistics()
         info = self._step()
         if self._taken is None:
@@ -335,8 +340,10 @@ class KFAC(torch.optim.Optimizer):
         with self._phase("inverse"):
             inverted = self._refresh_decompositions()
         self.kfac_steps += 1
-        if self._scale_batch:
-            self._fold_scales()
+        if self._scale_batch:  # ekfac: after the refresh, in the basis about to be used
+            decay = self.config.ekfac_scale_decay
+            decay = self.config.stats_decay if decay is None else decay
+            fold_kept_passes(self.layers, self._scale_batch, decay, self._workspace)
 
         self._applied.clear()
         pairs: list[tuple[nn.Parameter, torch.Tensor]] = []
@@ -374,15 +381,6 @@ class KFAC(torch.optim.Optimizer):
         return StepInfo(
             lr, nu, q, predicted, cold=False, inverted=inverted, staleness=self.inverse_staleness
         )
-
-    def _fold_scales(self) -> None:
-        """ekfac: fold the kept Fisher pass into every layer's s (module docstring)."""
-        decay = self.config.ekfac_scale_decay
-        decay = self.config.stats_decay if decay is None else decay
-        with using_workspace(self._workspace):
-            for name, (layer_input, grad_output) in self._scale_batch.items():
-                self.layers[name].fold_scale(layer_input, grad_output, decay)
-        self._scale_batch.clear()
 
     @property
     def layers_dtype(self) -> torch.dtype:

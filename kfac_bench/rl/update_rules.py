@@ -127,7 +127,7 @@ class AcktrRule(UpdateRule):
         kfac.zero_grad(set_to_none=True)
         if self.critic_optimizer is not None:
             self.critic_optimizer.zero_grad(set_to_none=True)
-        terms.total.backward()
+        kfac.backward(terms.total, self.policy.parameters())  # reuses the statistics' patch rows
 
         metrics = empty_metrics(lr)
         metrics.update(
