@@ -243,7 +243,7 @@ class ActorCritic(nn.Module):
     def _prepare(self, obs: torch.Tensor) -> torch.Tensor:
         dtype = (self.actor.pi if self.separate_critic else self.pi).weight.dtype
         if obs.dtype == torch.uint8:
-            return obs.to(dtype) / 255.0
+            return obs.to(dtype).div_(255.0)  # one float copy of the frames, not two
         return obs.to(dtype)
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

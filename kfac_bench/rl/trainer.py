@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from kfac_bench import config as config_mod
-from kfac_bench import store, timing, tracking
+from kfac_bench import allocator, store, timing, tracking
 from kfac_bench.config import RunConfig
 from kfac_bench.curvature import KFAC
 from kfac_bench.rl.distributions import Categorical
@@ -115,6 +115,7 @@ class Trainer:
         self.config = config
         self.run_dir = run_dir
         self.device = resolve_device(config.device)
+        allocator.keep_freed_memory()  # no page faults on each update's large temporaries
         if config.torch_threads > 0:
             torch.set_num_threads(config.torch_threads)
         torch.manual_seed(config.seed)
