@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kfac_bench import config as config_mod
 from kfac_bench import allocator, store, timing, tracking
+from kfac_bench import config as config_mod
 from kfac_bench.config import RunConfig
 from kfac_bench.curvature import KFAC
 from kfac_bench.rl.distributions import Categorical
