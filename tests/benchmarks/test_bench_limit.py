@@ -1,17 +1,20 @@
 """The limit: bare ``XᵀX`` products of every shape the factor statistics multiply.
 
-``gemm`` is torch's ``X.T @ X`` (MKL on the CPU wheel, cuBLAS on CUDA): what the factor kernels
-call. ``syrk`` is the symmetric rank-k update ``scipy.linalg.blas.ssyrk``/``dsyrk`` (scipy's own
-OpenBLAS; CPU only), which computes one triangle for half the FLOPs. FLOP counts in
-``extra_info`` are the GEMM's 2·rows·cols² for both, so GFLOP/s compare "useful work per second".
+``gemm`` is torch's ``X.T @ X`` (MKL on the CPU wheel, cuBLAS on CUDA). ``syrk`` is the
+symmetric product the factor statistics call, ``factors.gram``: MKL's syrk plus the mirror of
+its triangle where the rows outnumber the columns (``curvature/syrk.py``), the blocked symmetric
+product otherwise (CPU only). FLOP counts in ``extra_info`` are the GEMM's 2·rows·cols² for both,
+so GFLOP/s compare "useful work per second" and syrk's bound is twice the GEMM's rate.
 """
 
 from __future__ import annotations
 
 import pytest
-import scipy.linalg.blas as blas
 import torch
 from benchlib import LAYERS, QUICK_BATCH, VARIANTS, factor_products, gram_flops, pedantic
+
+from kfac_bench.curvature import syrk as blas_syrk
+from kfac_bench.curvature.factors import gram
 
 BIG = 1e9  # FLOPs from which a shape is also measured in float64 ...
 F64_MAX_ROWS = 65_536  # ... unless it is conv1's 256 000-row patch matrix (time budget)
@@ -46,7 +49,7 @@ DTYPES = {"f32": torch.float32, "f64": torch.float64}
 )
 def test_bare_product(benchmark, device, quick, op, rows, cols, dtype):
     if op == "syrk" and device.type != "cpu":
-        pytest.skip("scipy's syrk runs on the CPU only")
+        pytest.skip("the symmetric product's syrk path runs on the CPU only")
     if quick:  # the same code path on a small matrix
         rows, cols = min(rows, QUICK_BATCH * 16), min(cols, 96)
     gen = torch.Generator().manual_seed(rows * 7 + cols)
@@ -55,10 +58,8 @@ def test_bare_product(benchmark, device, quick, op, rows, cols, dtype):
         result = pedantic(benchmark, lambda: x.T @ x, device)
         upper = torch.triu(result)
     else:
-        syrk = blas.ssyrk if dtype == "f32" else blas.dsyrk
-        a = x.numpy().T  # (cols, rows), Fortran-ordered view: C = a·aᵀ = XᵀX, no copy
-        result = pedantic(benchmark, lambda: syrk(1.0, a, trans=0, lower=0), device)
-        upper = torch.triu(torch.from_numpy(result))
+        result = pedantic(benchmark, lambda: gram(x, 1.0), device)
+        upper = torch.triu(result)
     # against a float64 reference on a slice of rows (the product is linear in the rows)
     want = x[:64].double().cpu().T @ x[:64].double().cpu()
     if rows <= 64:
@@ -77,6 +78,7 @@ def test_bare_product(benchmark, device, quick, op, rows, cols, dtype):
     benchmark.extra_info.update(
         kind="bare",
         op=op,
+        kernel=("mkl-syrk" if blas_syrk.worthwhile(x) else "blocked") if op == "syrk" else "gemm",
         rows=rows,
         cols=cols,
         dtype=dtype,
