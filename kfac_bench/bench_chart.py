@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from kfac_bench import store
-from kfac_bench.bench_render import _median, trainer_target
-from kfac_bench.bench_settings import TARGETS
+from kfac_bench.bench_settings import TARGETS, trainer_target
+from kfac_bench.bench_settings import median_of as _median
 
 
 def chart(data: dict[str, Any], path: Path) -> bool:

@@ -6,18 +6,14 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from kfac_bench import store
-from kfac_bench.bench_settings import FAST, TARGETS
-
-
-def _median(values) -> float:
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    return statistics.median(values) if values else math.nan
+from kfac_bench.bench_chart import chart as draw_chart
+from kfac_bench.bench_settings import FAST, TARGETS, trainer_target
+from kfac_bench.bench_settings import median_of as _median
 
 
 def _fmt_time(seconds: float) -> str:
@@ -130,8 +126,6 @@ def render(json_path: Path, out_dir: Path | None = None) -> Path:
     json_path = Path(json_path)
     out_dir = Path(out_dir) if out_dir is not None else json_path.parent
     out_dir.mkdir(parents=True, exist_ok=True)
-    from kfac_bench.bench_chart import chart as draw_chart  # matplotlib only when rendering
-
     data = load(json_path)
     chart = out_dir / "report.png"
     has_chart = draw_chart(data, chart)
@@ -267,11 +261,6 @@ def _update_section(updates: list[dict]) -> list[str]:
         "",
     ]
     return lines
-
-
-def trainer_target(t: dict) -> float | None:
-    """A trainer case's target ratio (None: reported only); older JSONs had MinAtar only."""
-    return t["target"] if "target" in t else TARGETS["trainer_ratio"]
 
 
 def _trainer_section(trainers: list[dict]) -> list[str]:

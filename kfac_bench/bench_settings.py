@@ -3,6 +3,8 @@ suite (tests/benchmarks/), the report renderer and the config tests."""
 
 from __future__ import annotations
 
+import math
+import statistics
 from typing import Any
 
 #: The documented fast setting: dotted overrides on top of any preset (`[set]` in a spec or
@@ -53,3 +55,14 @@ TARGETS = {
     "trainer_ratio": 0.8,  # K-FAC trainer env-steps/s / A2C's, MinAtar family default
     "trainer_ratio_atari": 0.6,  # the same on Atari Breakout, Atari family default (issue 16)
 }
+
+
+def median_of(values) -> float:
+    """Median of the values that are not None/NaN (NaN when none are)."""
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    return statistics.median(values) if values else math.nan
+
+
+def trainer_target(t: dict) -> float | None:
+    """A trainer case's target ratio (None: reported only); older JSONs had MinAtar only."""
+    return t["target"] if "target" in t else TARGETS["trainer_ratio"]
