@@ -85,6 +85,9 @@ def environment(device: str = "cpu") -> dict[str, Any]:
         info["scipy_blas"] = f"{blas.get('name', '?')} {blas.get('version', '')}".strip()
     except Exception as error:  # informational only
         info["scipy_blas"] = f"unknown ({type(error).__name__})"
+    from kfac_bench.curvature import syrk
+
+    info["syrk"] = "MKL via libtorch_cpu" if syrk.available() else "none (blocked product)"
     if device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
         info["cuda"] = torch.version.cuda
