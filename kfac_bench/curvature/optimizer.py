@@ -186,14 +186,14 @@ class KFAC(torch.optim.Optimizer):
         if self.config.pipelined_stats and self.stats_updates > 0:
             self._taken = (inputs, grad_outputs)
             return
-        batches: dict[str, LayerBatch] = {}
+        # the rows are kept for kfac.backward only when they are the whole batch's
+        kept: dict[str, LayerBatch] | None = {} if self.config.stats_batch_fraction == 1 else None
         with self._phase("stats"):
-            self._fold(self._statistics(inputs, grad_outputs, batches))
-        if self.config.stats_batch_fraction == 1.0:  # the rows are the whole batch's
-            self._recorded = {
-                name: RecordedLayer(self.layers[name].module, outputs[name], batch)
-                for name, batch in batches.items()
-            }
+            self._fold(self._statistics(inputs, grad_outputs, kept))
+        self._recorded = {
+            name: RecordedLayer(self.layers[name].module, outputs[name], batch)
+            for name, batch in (kept or {}).items()
+        }
 
     def backward(self, loss: torch.Tensor, params: Iterable[nn.Parameter] | None = None) -> None:
         """Accumulate ∂loss/∂θ into ``.grad`` as ``loss.backward()`` does. With this update's
@@ -215,8 +215,9 @@ class KFAC(torch.optim.Optimizer):
         batches: dict[str, LayerBatch] | None = None,
     ) -> dict[str, Factors]:
         """Each layer's factor statistic of one Fisher batch (reads the batch, writes no state
-        but the ekfac scale batch, so it may run on the pipeline's thread); each layer's
-        LayerBatch, its patch rows in a workspace slot of its own, goes to ``batches``."""
+        but the ekfac scale batch, so it may run on the pipeline's thread). With ``batches``,
+        each layer's LayerBatch goes there, its patch rows in a workspace slot of its own (else
+        all layers share one)."""
         fraction = self.config.stats_batch_fraction
         scale_due = (
             self.config.damping_mode == "ekfac"
@@ -233,10 +234,10 @@ class KFAC(torch.optim.Optimizer):
                     layer_input = layer_input[:rows]
                     grad_output = grad_output[:rows] * (full / rows)
                 batch = layer_batch(layer.module, layer_input, grad_output)
-                batch.scratch_slot = name
-                stats[name] = self.variant.from_batch(batch)
                 if batches is not None:
+                    batch.scratch_slot = name
                     batches[name] = batch
+                stats[name] = self.variant.from_batch(batch)
                 if scale_due:
                     self._scale_batch[name] = (layer_input, grad_output)
         return stats

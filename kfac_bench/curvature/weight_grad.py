@@ -44,10 +44,9 @@ def gradient_rows(module: nn.Module, grad_output: torch.Tensor) -> torch.Tensor:
 
     Conv2d: grad_output (B, C_out, Oh, Ow) → rows (B·Oh·Ow, C_out) (one copy); Linear:
     (B, ..., C_out) → (B·..., C_out), a view."""
-    channels = grad_output.shape[1] if isinstance(module, nn.Conv2d) else grad_output.shape[-1]
     if isinstance(module, nn.Conv2d):
-        return grad_output.permute(0, 2, 3, 1).reshape(-1, channels)
-    return grad_output.reshape(-1, channels)
+        return grad_output.permute(0, 2, 3, 1).reshape(-1, grad_output.shape[1])
+    return grad_output.reshape(-1, grad_output.shape[-1])
 
 
 def _accumulate(param: nn.Parameter, grad: torch.Tensor) -> None:
