@@ -483,18 +483,20 @@ def test_gram_equals_the_sum_of_outer_products(cols, dtype):
         assert torch.equal(got[:half, half:], got[half:, :half].T)
 
 
+@pytest.mark.parametrize("shape", [(300, 257), (100, 300)], ids=["tall", "short"])
 @pytest.mark.parametrize("layout", ["row-major", "column-major", "column-slice"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_blas_syrk_equals_the_sum_of_outer_products(layout, dtype):
+def test_blas_syrk_equals_the_sum_of_outer_products(shape, layout, dtype):
     """curvature/syrk.py (MKL syrk + mirror) against Σ_n x_n x_nᵀ in float64, on the three layouts
     the statistics hand it: row-major rows, a transposed column-major buffer (conv2/conv3 patch
-    rows) and a column slice of a wider buffer (patch rows without the homogeneous column)."""
+    rows) and a column slice of a wider buffer (patch rows without the homogeneous column); tall
+    (conv patch rows) and short (fc layers: fewer rows than columns, three mirror panels)."""
     from kfac_bench.curvature import syrk
 
     if not syrk.available(dtype):
         pytest.skip("this torch build exports no MKL syrk (factors.gram uses its blocked product)")
     gen = torch.Generator().manual_seed(3)
-    n, k = 300, 257
+    n, k = shape
     if layout == "row-major":
         rows = torch.randn(n, k, generator=gen, dtype=torch.float64).to(dtype)
     elif layout == "column-major":
@@ -514,7 +516,7 @@ def test_blas_syrk_equals_the_sum_of_outer_products(layout, dtype):
 
 def test_blas_syrk_declines_what_it_cannot_read_in_place():
     """Rows that are neither row- nor column-major (a strided view both ways) come back None, and
-    gram then still computes them; short batches (N < K) are not worth the mirror."""
+    gram then still computes them; narrow products (K < MIN_COLUMNS) are left to the GEMM."""
     from kfac_bench.curvature import syrk
     from kfac_bench.curvature.factors import gram
 
@@ -522,16 +524,37 @@ def test_blas_syrk_declines_what_it_cannot_read_in_place():
     odd = base[::2, ::3]  # strides (60, 3)
     assert syrk.symmetric_product(odd, 1.0) is None
     torch.testing.assert_close(gram(odd, 1.0), odd.T @ odd)
-    assert not syrk.worthwhile(torch.randn(10, 20))
+    assert not syrk.worthwhile(torch.randn(1000, syrk.MIN_COLUMNS - 1))
+
+
+@pytest.mark.parametrize("transpose", ["omatcopy", "strided copy"])
+@pytest.mark.parametrize("k, panel", [(1, 4), (7, 4), (8, 4), (130, 128), (37, 5)])
+def test_mirror_lower_copies_the_lower_triangle_onto_the_upper(transpose, k, panel, monkeypatch):
+    """mirror_lower against an element loop: every upper entry (i < j) becomes the lower entry
+    (j, i); the lower triangle and the diagonal are untouched; panels that do and do not divide K,
+    with MKL's transpose and with the strided copy used where that is missing."""
+    from kfac_bench.curvature import syrk
+
+    if transpose == "strided copy":
+        monkeypatch.setattr(syrk, "_transpose_routine", lambda dtype: None)
+    elif syrk._transpose_routine(torch.float32) is None:
+        pytest.skip("this torch build exports no MKL_Somatcopy")
+    square = torch.randn(k, k, generator=torch.Generator().manual_seed(k))
+    want = square.clone()
+    for i in range(k):
+        for j in range(i + 1, k):
+            want[i, j] = square[j, i]
+    got = syrk.mirror_lower(square.clone(), panel=panel)
+    assert torch.equal(got, want)
 
 
 @pytest.mark.parametrize("name", variants.names())
 def test_kfac_steps_with_the_symmetric_kernel_match_the_single_gemm_kernel(name, monkeypatch):
     """The reference presets compute what they did before the symmetric kernels: three float32
-    K-FAC steps on a layer wide enough for the blocked product (K = 401 > 256, N = 64) and a conv
-    whose patch rows outnumber their columns (BLAS syrk where available) equal, to float
-    tolerance, the same steps with every statistic as the single GEMM the factors were computed
-    with before."""
+    K-FAC steps with the A of a layer wide enough for the symmetric kernels (K = 401 > 256 with
+    N = 64 rows: BLAS syrk where available, else the blocked product), and again with the blocked
+    product alone, equal, to float tolerance, the same steps with every statistic as the single
+    GEMM the factors were computed with before."""
     from kfac_bench.curvature import factors
 
     def run() -> list[torch.Tensor]:
@@ -564,14 +587,19 @@ def test_kfac_steps_with_the_symmetric_kernel_match_the_single_gemm_kernel(name,
         "symmetric_product",
         lambda rows, scale: blas_calls.append(rows.shape) or product(rows, scale),
     )
+    symmetric = run()
+    if factors.syrk.available(torch.float32):
+        assert any(k in (400, 401) for _, k in blas_calls)  # BLAS syrk: the Linear(400, ·) A
+    else:
+        assert any(lo == 0 and hi >= 400 for lo, hi in calls)
+    monkeypatch.setattr(factors.syrk, "worthwhile", lambda rows: False)  # no BLAS syrk
+    calls.clear()
     blocked = run()
     assert any(lo == 0 and hi >= 400 for lo, hi in calls)  # blocked: the Linear(400, ·) A
-    if factors.syrk.available(torch.float32):
-        assert any(k in (36, 37) for _, k in blas_calls)  # BLAS syrk: the conv's A
     monkeypatch.setattr(factors, "SYMMETRIC_BLOCK", 10**9)  # every product one GEMM again
-    monkeypatch.setattr(factors.syrk, "worthwhile", lambda rows: False)  # no BLAS syrk either
     calls.clear()
     single = run()
     assert not calls
-    for b, s in zip(blocked, single):
-        torch.testing.assert_close(b, s, rtol=1e-4, atol=1e-6)
+    for kernel in (symmetric, blocked):
+        for got, want in zip(kernel, single):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)

@@ -127,10 +127,10 @@ SYMMETRIC_BLOCK = 128
 def gram(rows: torch.Tensor, scale: float) -> torch.Tensor:
     """scale · rowsᵀ rows, shape (K, K), for rows (N, K).
 
-    The product is symmetric, so only one triangle needs computing. On CPU, with at least as many
-    rows as columns, that is BLAS ``syrk`` itself (``curvature/syrk.py``: MKL's, through the
-    symbols torch's wheel exports, one triangle then mirrored). Otherwise, or where that BLAS is
-    missing, the columns are split in halves [X₁ X₂] recursively: the diagonal
+    The product is symmetric, so only one triangle needs computing. On CPU, for products at least
+    ``syrk.MIN_COLUMNS`` wide, that is BLAS ``syrk`` itself (``curvature/syrk.py``: MKL's, through
+    the symbols torch's wheel exports, one triangle then mirrored). Where that BLAS is missing,
+    the columns are split in halves [X₁ X₂] recursively: the diagonal
     blocks X₁ᵀX₁ and X₂ᵀX₂ recurse, the off-diagonal block X₁ᵀX₂ is one GEMM and is mirrored
     (the blocked SYRK of Goto & van de Geijn, "High-performance implementation of the level-3
     BLAS", *ACM TOMS* 35(1), 2008). Each level halves the work

@@ -2,8 +2,8 @@
 
 ``gemm`` is torch's ``X.T @ X`` (MKL on the CPU wheel, cuBLAS on CUDA). ``syrk`` is the
 symmetric product the factor statistics call, ``factors.gram``: MKL's syrk plus the mirror of
-its triangle where the rows outnumber the columns (``curvature/syrk.py``), the blocked symmetric
-product otherwise (CPU only). FLOP counts in ``extra_info`` are the GEMM's 2·rows·cols² for both,
+its triangle for products at least ``syrk.MIN_COLUMNS`` wide (``curvature/syrk.py``), a GEMM for
+narrower ones, the blocked symmetric product where that BLAS is missing (CPU only). FLOP counts in ``extra_info`` are the GEMM's 2·rows·cols² for both,
 so GFLOP/s compare "useful work per second" and syrk's bound is twice the GEMM's rate.
 """
 
