@@ -47,9 +47,10 @@ class RunningAverage:
                 self.value = new.clone()
         elif self.init.kind == "zeros-average" and self.count < self.init.steps:
             # running mean: m_k = m_{k−1} + (S_k − m_{k−1}) / k
-            self.value.add_(new - self.value, alpha=1.0 / (self.count + 1))
+            self.value.lerp_(new, 1.0 / (self.count + 1))
         else:
-            self.value.mul_(d).add_(new, alpha=1.0 - d)
+            # d·m + (1−d)·S as m + (1−d)·(S − m): one pass over m instead of two
+            self.value.lerp_(new, 1.0 - d)
         self.count += 1
         return self.value
 

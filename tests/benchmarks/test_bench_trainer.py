@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 
 import pytest
+import torch
 from benchlib import median
 
 from kfac_bench.bench_report import SETTINGS, TARGETS
@@ -129,6 +130,6 @@ def test_trainer_steps_per_second(benchmark, device, quick, tmp_path, name):
         target=case.target,
         acktr_phases_us_per_step=phases["acktr"],
         a2c_phases_us_per_step=phases["a2c"],
-        torch_threads=acktr_config.torch_threads,
+        torch_threads=acktr_config.torch_threads or torch.get_num_threads(),  # 0: torch's own
         device=str(device),
     )
