@@ -347,8 +347,10 @@ def _bare_section(bares: list[dict]) -> list[str]:
         "## The limit: bare GEMM vs SYRK",
         "",
         "GFLOP/s count the full product's 2·rows·cols² for both; SYRK is `factors.gram`, the "
-        "symmetric product the statistics call (MKL syrk + mirror where rows ≥ cols, else the "
-        "blocked product), which needs half the arithmetic: its bound is twice the GEMM's rate.",
+        "symmetric product the statistics call (MKL syrk + mirror for products ≥ 256 columns "
+        "wide, one GEMM for narrower ones, the blocked product where that BLAS is missing; the "
+        "kernel column says which), which needs half the arithmetic: its bound is twice the "
+        "GEMM's rate.",
         "",
     ]
     by_shape: dict[tuple, dict[str, dict]] = defaultdict(dict)

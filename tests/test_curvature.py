@@ -527,6 +527,22 @@ def test_blas_syrk_declines_what_it_cannot_read_in_place():
     assert not syrk.worthwhile(torch.randn(1000, syrk.MIN_COLUMNS - 1))
 
 
+def test_gram_kernel_names_the_product_gram_uses(monkeypatch):
+    """Narrow products are one GEMM, wide ones BLAS syrk where it is there and the blocked product
+    where it is not; each computes scale · XᵀX (the kernel column of the bench report)."""
+    from kfac_bench.curvature import factors, syrk
+
+    gen = torch.Generator().manual_seed(4)
+    narrow = torch.randn(50, 40, generator=gen, dtype=torch.float64)
+    wide = torch.randn(50, 300, generator=gen, dtype=torch.float64)
+    assert factors.gram_kernel(narrow) == "gemm"
+    assert factors.gram_kernel(wide) == ("mkl-syrk" if syrk.available(torch.float64) else "blocked")
+    monkeypatch.setattr(syrk, "worthwhile", lambda rows: False)
+    assert factors.gram_kernel(wide) == "blocked"
+    for rows in (narrow, wide):
+        torch.testing.assert_close(factors.gram(rows, 0.5), 0.5 * rows.T @ rows)
+
+
 @pytest.mark.parametrize("transpose", ["omatcopy", "strided copy"])
 @pytest.mark.parametrize("k, panel", [(1, 4), (7, 4), (8, 4), (130, 128), (37, 5)])
 def test_mirror_lower_copies_the_lower_triangle_onto_the_upper(transpose, k, panel, monkeypatch):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import subprocess
@@ -270,6 +271,22 @@ def test_config_json_records_everything(tmp_path):
         assert key in record
     assert record["config"]["kfac"]["damping_mode"] == "eigen"
     assert set(record["provenance"]) >= {"git_commit", "git_dirty", "versions", "host", "device"}
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_config_json_records_the_thread_count_the_run_used(tmp_path, threads):
+    """provenance.torch_threads is the count the trainer set from the config, not the count the
+    process had before (the MinAtar and Atari families leave it at 0: torch's own)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(3 - threads)
+    try:
+        config = tiny_config(steps=256)
+        config = dataclasses.replace(config, torch_threads=threads)
+        trainer_mod.train(config, tmp_path / "run")
+    finally:
+        torch.set_num_threads(before)
+    record = json.loads((tmp_path / "run/config.json").read_text())
+    assert record["provenance"]["torch_threads"] == threads
 
 
 # --------------------------------------------------------------------------------------------

@@ -29,8 +29,8 @@ class Baselines(FactorStrategy):
     def from_batch(self, batch: LayerBatch) -> Factors:
         t2 = float(batch.positions) ** 2
         return Factors(
-            A=patch_second_moment(batch, homogeneous=batch.has_bias) / t2,
-            G=deriv_second_moment(batch) * t2,
+            A=patch_second_moment(batch, homogeneous=batch.has_bias, scale=1.0 / t2),
+            G=deriv_second_moment(batch, scale=t2),
         )
 
 

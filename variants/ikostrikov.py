@@ -31,8 +31,8 @@ class Ikostrikov(FactorStrategy):
     def from_batch(self, batch: LayerBatch) -> Factors:
         t2 = float(batch.positions) ** 2
         return Factors(
-            A=patch_second_moment(batch, homogeneous=False) / t2,
-            G=deriv_second_moment(batch) * t2,
+            A=patch_second_moment(batch, homogeneous=False, scale=1.0 / t2),
+            G=deriv_second_moment(batch, scale=t2),
             bias_G=summed_deriv_second_moment(batch) if batch.has_bias else None,
         )
 

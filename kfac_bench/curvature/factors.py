@@ -78,25 +78,27 @@ class FactorStrategy(abc.ABC):
         return f"<variant {self.name!r}>"
 
 
-def patch_second_moment(batch: LayerBatch, homogeneous: bool) -> torch.Tensor:
-    """Ω = (1/B) Σ_{n,t} ā āᵀ, shape (K+1)² with the bias coordinate last (K² without it).
+def patch_second_moment(batch: LayerBatch, homogeneous: bool, scale: float = 1.0) -> torch.Tensor:
+    """scale · Ω with Ω = (1/B) Σ_{n,t} ā āᵀ, shape (K+1)² with the bias coordinate last (K²
+    without it).
 
     One GEMM over the (B·T, K+1) patch rows whose last column is the homogeneous 1, so the
     bias row/column Σ ā and the corner B·T come out of the same product
-    (:meth:`LayerBatch.patch_rows` writes those rows once).
+    (:meth:`LayerBatch.patch_rows` writes those rows once). ``scale`` (a variant's 1/T²) is the
+    product's α: no pass over the (K+1)² result of its own.
     """
     rows = batch.patch_rows(homogeneous)
-    return gram(rows, 1.0 / batch.batch_size)
+    return gram(rows, scale / batch.batch_size)
 
 
-def deriv_second_moment(batch: LayerBatch) -> torch.Tensor:
-    """Γ = (1/(B·T)) Σ_{n,t} ĝ ĝᵀ, shape C_out².
+def deriv_second_moment(batch: LayerBatch, scale: float = 1.0) -> torch.Tensor:
+    """scale · Γ with Γ = (1/(B·T)) Σ_{n,t} ĝ ĝᵀ, shape C_out².
 
-    With ĝ = B·g this is (B/T)·Σ g gᵀ: the scale is applied once to the C² result instead of
-    to every row of ĝ.
+    With ĝ = B·g this is (B/T)·Σ g gᵀ: the scale is applied once, as the product's α, instead of
+    to every row of ĝ (``scale``: a variant's T²).
     """
     rows = batch.grad_rows()
-    return gram(rows, batch.batch_size / batch.positions)
+    return gram(rows, scale * batch.batch_size / batch.positions)
 
 
 def summed_deriv_second_moment(batch: LayerBatch) -> torch.Tensor:
@@ -138,15 +140,26 @@ def gram(rows: torch.Tensor, scale: float) -> torch.Tensor:
     the rest of torch. Blocks narrower than 2·``SYMMETRIC_BLOCK`` columns, and every product on a
     GPU, are one GEMM. The scale is BLAS's α: no extra pass over the result.
     """
-    if syrk.worthwhile(rows):
+    kernel = gram_kernel(rows)
+    if kernel == "mkl-syrk":
         product = syrk.symmetric_product(rows, scale)
         if product is not None:
             return product
-    if rows.device.type != "cpu" or rows.shape[1] < 2 * SYMMETRIC_BLOCK:
+    if kernel == "gemm":
         return _scaled_product(rows, rows, scale)
     out = rows.new_empty(rows.shape[1], rows.shape[1])
     _symmetric_blocks(rows, scale, out, 0, rows.shape[1])
     return out
+
+
+def gram_kernel(rows: torch.Tensor) -> Literal["mkl-syrk", "blocked", "gemm"]:
+    """The product :func:`gram` uses for these (N, K) rows (``mkl-syrk`` falls back to
+    ``blocked`` for a layout BLAS cannot read in place)."""
+    if syrk.worthwhile(rows):
+        return "mkl-syrk"
+    if rows.device.type != "cpu" or rows.shape[1] < 2 * SYMMETRIC_BLOCK:
+        return "gemm"
+    return "blocked"
 
 
 def _scaled_product(left: torch.Tensor, right: torch.Tensor, scale: float) -> torch.Tensor:

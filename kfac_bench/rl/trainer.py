@@ -418,8 +418,8 @@ def train(
     status = store.check_run_dir(run_dir, config)
     if status is not None and status.final:
         return RunResult(f"already-{status.state.value}", status.steps, status.error)
-    record = config_record(config, axes)
     trainer = Trainer(config, run_dir)
+    record = config_record(config, axes)  # after the trainer has set the thread count it records
     try:
         with store.claimed(run_dir):
             status = store.check_run_dir(run_dir, config)  # again, now that it is ours

@@ -13,8 +13,7 @@ import pytest
 import torch
 from benchlib import LAYERS, QUICK_BATCH, VARIANTS, factor_products, gram_flops, pedantic
 
-from kfac_bench.curvature import syrk as blas_syrk
-from kfac_bench.curvature.factors import gram
+from kfac_bench.curvature.factors import gram, gram_kernel
 
 BIG = 1e9  # FLOPs from which a shape is also measured in float64 ...
 F64_MAX_ROWS = 65_536  # ... unless it is conv1's 256 000-row patch matrix (time budget)
@@ -78,7 +77,7 @@ def test_bare_product(benchmark, device, quick, op, rows, cols, dtype):
     benchmark.extra_info.update(
         kind="bare",
         op=op,
-        kernel=("mkl-syrk" if blas_syrk.worthwhile(x) else "blocked") if op == "syrk" else "gemm",
+        kernel=gram_kernel(x) if op == "syrk" else "gemm",
         rows=rows,
         cols=cols,
         dtype=dtype,
