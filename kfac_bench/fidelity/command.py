@@ -149,7 +149,8 @@ def _threads(count: int) -> Iterator[None]:
 def fidelity(request: Request, log: Callable[[str], None] | None = None) -> Path:
     """Measure, write ``fidelity.csv`` (+ ``fidelity.png``/``.svg``), return the CSV path.
 
-    Runs with the config's ``torch_threads`` (as the trainer does; 1 for classic and continuous control).
+    Runs with the config's ``torch_threads`` (as the trainer does; 1 for classic and continuous
+    control).
     Raises ConfigError/ValueError (bad input) or OSError (cannot write) before measuring.
     """
     validate(request)

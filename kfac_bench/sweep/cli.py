@@ -27,8 +27,8 @@ Lifecycle:
 * Local backend: each run is one spawned process (``multiprocessing`` spawn context, one run per
   process), at most ``--workers`` at a time, longest estimated run first. Each worker gets
   ``cores // workers`` torch threads (``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` and
-  ``torch.set_num_threads``; a ``torch_threads`` in the run's config, which the classic and continuous
-  families set to 1, wins — it is part of the config, so it is not changed per machine). Workers
+  ``torch.set_num_threads``; a ``torch_threads`` in the run's config, which the classic and
+  continuous families set to 1, wins — it is part of the config, so it is not changed per machine). Workers
   report progress through a pipe each; a worker that dies without reporting (killed, out of
   memory) is recorded ``failed`` in its ``status.json`` by the sweep, with the reason.
 * Ray backend (``pip install 'kfac-bench[ray]'``): the same runs as Ray tasks with
