@@ -562,6 +562,8 @@ def test_mirror_lower_copies_the_lower_triangle_onto_the_upper(transpose, k, pan
             want[i, j] = square[j, i]
     got = syrk.mirror_lower(square.clone(), panel=panel)
     assert torch.equal(got, want)
+    with pytest.raises(ValueError, match="contiguous square"):
+        syrk.mirror_lower(torch.zeros(k + 1, k + 1).T[:k, :k] if k > 1 else torch.zeros(2, 3))
 
 
 @pytest.mark.parametrize("name", variants.names())

@@ -125,6 +125,10 @@ def mirror_lower(square: torch.Tensor, panel: int = MIRROR_PANEL) -> torch.Tenso
     its columns, square[i:j, j:], from square[j:, i:j]ᵀ, the panel below the diagonal, by
     ``?omatcopy`` (a strided copy where that is missing). Returns ``square``.
     """
+    if square.dim() != 2 or square.shape[0] != square.shape[1] or not square.is_contiguous():
+        raise ValueError(
+            f"mirror_lower needs a contiguous square matrix, got {tuple(square.shape)}"
+        )
     k = square.shape[0]
     transpose = _transpose_routine(square.dtype) if square.dtype in _TRANSPOSES else None
     item, base = square.element_size(), square.data_ptr()
