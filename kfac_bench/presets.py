@@ -62,7 +62,7 @@ FAMILY_BASE: dict[EnvFamily, dict[str, Any]] = {
     "minatar": {
         # torch's own thread count (a sweep worker's share of the cores): K-FAC's 1025-wide fc
         # products and decompositions use a free core, a sweep with one worker per core runs one
-        # thread each (issue 16: 0.65 → 0.77–0.79 of A2C's env-steps/s alone, A2C unchanged)
+        # thread each (issue 16: 0.65 → 0.74–0.79 of A2C's env-steps/s alone, A2C unchanged)
         "torch_threads": 0,
         "policy.arch": "minatar-cnn",
         "policy.activation": "relu",
