@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from kfac_bench import store
-from kfac_bench.bench_settings import TARGETS, trainer_target
+from kfac_bench.bench_settings import TARGETS, trainer_verdict
 from kfac_bench.bench_settings import median_of as _median
 
 
@@ -66,13 +66,10 @@ def chart(data: dict[str, Any], path: Path) -> bool:
         values.append(u["ratio"])
         colors.append("tab:green" if u["ratio"] <= TARGETS["update_ratio"] else "tab:red")
     for t in sorted(g.get("trainer", []), key=lambda t: t["setting"]):
-        target = trainer_target(t)
-        names.append(
-            f"trainer {t['setting']}\nsteps/s K-FAC/A2C ({'≥ ' + str(target) if target else 'reported'})"
-        )
+        target, ok = trainer_verdict(t)
+        names.append(f"trainer {t['setting']}\nsteps/s K-FAC/A2C ({target})")
         values.append(t["ratio"])
-        ok = target is None or t["ratio"] >= target
-        colors.append("tab:grey" if target is None else "tab:green" if ok else "tab:red")
+        colors.append("tab:grey" if ok is None else "tab:green" if ok else "tab:red")
     ax.bar(range(len(values)), values, color=colors)
     ax.set_xticks(range(len(values)), names, fontsize=7, rotation=30, ha="right")
     ax.axhline(1.25, color="k", ls="--", lw=1)

@@ -12,7 +12,7 @@ from typing import Any
 
 from kfac_bench import store
 from kfac_bench.bench_chart import chart as draw_chart
-from kfac_bench.bench_settings import FAST, TARGETS, trainer_target
+from kfac_bench.bench_settings import FAST, TARGETS, syrk_bound_ratio, trainer_verdict
 from kfac_bench.bench_settings import median_of as _median
 
 
@@ -70,11 +70,10 @@ def headline(data: dict[str, Any]) -> list[dict[str, Any]]:
             "ok": ok,
         })  # fmt: skip
     for t in sorted(data["grouped"].get("trainer", []), key=lambda t: t["setting"]):
-        target = trainer_target(t)
+        target, ok = trainer_verdict(t)
         rows.append({
             "what": f"trainer env-steps/s K-FAC/A2C, {t['setting']}",
-            "value": t["ratio"], "target": "reported" if target is None else f"≥ {target}",
-            "ok": None if target is None else t["ratio"] >= target,
+            "value": t["ratio"], "target": target, "ok": ok,
         })  # fmt: skip
     products = symmetric_products(data)
     if products:
@@ -115,7 +114,7 @@ def symmetric_products(data: dict[str, Any]) -> list[tuple[str, float]]:
         if b.get("dtype") == "f32" and 2 * b["rows"] * b["cols"] ** 2 >= 1e8:
             pairs[(b["rows"], b["cols"])][b["op"]] = b["median_s"]
     return [
-        (f"{r}×{c}", 2 * ops["syrk"] / ops["gemm"])
+        (f"{r}×{c}", syrk_bound_ratio(ops["syrk"], ops["gemm"]))
         for (r, c), ops in sorted(pairs.items())
         if "syrk" in ops and "gemm" in ops
     ]
@@ -271,13 +270,11 @@ def _trainer_section(trainers: list[dict]) -> list[str]:
     lines = ["## Trainer throughput", ""]
     rows = []
     for t in trainers:
-        target = trainer_target(t)
+        target, ok = trainer_verdict(t)
         rows.append([
             t["setting"], t.get("env", "MinAtar/Breakout-v1"), str(t["steps"]),
             f"{_median(t['a2c_steps_per_s']):.0f}", f"{_median(t['acktr_steps_per_s']):.0f}",
-            _fmt(t["ratio"]), " ".join(_fmt(r) for r in t.get("ratios", [])),
-            "reported" if target is None else f"≥ {target}",
-            _mark(None if target is None else t["ratio"] >= target),
+            _fmt(t["ratio"]), " ".join(_fmt(r) for r in t.get("ratios", [])), target, _mark(ok),
         ])  # fmt: skip
     header = ["case", "env", "steps per run", "A2C env-steps/s", "K-FAC env-steps/s", "ratio",
               "per round", "target", ""]  # fmt: skip
@@ -369,7 +366,9 @@ def _bare_section(bares: list[dict]) -> list[str]:
             )
         rows.append(row)
         row += [syrk.get("kernel", "scipy") if syrk else "–"]
-        row += [_fmt(2 * syrk["median_s"] / gemm["median_s"]) if gemm and syrk else "–"]
+        row += [
+            _fmt(syrk_bound_ratio(syrk["median_s"], gemm["median_s"])) if gemm and syrk else "–"
+        ]
     lines += _table(
         ["shape", "dtype", "GFLOP", "GEMM time", "GEMM GFLOP/s", "SYRK time", "SYRK GFLOP/s",
          "SYRK kernel", "× syrk bound"],

@@ -66,3 +66,17 @@ def median_of(values) -> float:
 def trainer_target(t: dict) -> float | None:
     """A trainer case's target ratio (None: reported only); older JSONs had MinAtar only."""
     return t["target"] if "target" in t else TARGETS["trainer_ratio"]
+
+
+def trainer_verdict(t: dict) -> tuple[str, bool | None]:
+    """A trainer case's target as text (``≥ 0.8`` or ``reported``) and whether its ratio meets
+    it (None when it is only reported)."""
+    target = trainer_target(t)
+    if target is None:
+        return "reported", None
+    return f"≥ {target}", t["ratio"] >= target
+
+
+def syrk_bound_ratio(syrk_s: float, gemm_s: float) -> float:
+    """A symmetric product's time over its syrk bound, half the GEMM's time of the same shape."""
+    return 2 * syrk_s / gemm_s

@@ -52,29 +52,31 @@ def _library() -> ctypes.CDLL | None:
         return None
 
 
+def _symbol(name: str):
+    """``name`` from libtorch_cpu with no return value, or None where it is not exported."""
+    library = _library()
+    function = getattr(library, name, None) if library is not None else None
+    if function is not None:
+        function.restype = None
+    return function
+
+
 @functools.cache
 def _routine(dtype: torch.dtype):
-    library = _library()
     name, scalar = _ROUTINES[dtype]
-    function = getattr(library, name, None) if library is not None else None
-    if function is None:
-        return None
-    function.restype = None
-    return function, scalar
+    function = _symbol(name)
+    return None if function is None else (function, scalar)
 
 
 @functools.cache
 def _transpose_routine(dtype: torch.dtype):
     """MKL's ``?omatcopy`` (C interface: ordering, trans, rows, cols, α, A, lda, B, ldb, by value)."""
-    library = _library()
     name, scalar = _TRANSPOSES[dtype]
-    function = getattr(library, name, None) if library is not None else None
-    if function is None:
-        return None
-    size = ctypes.c_size_t
-    function.restype = None
-    function.argtypes = [ctypes.c_char, ctypes.c_char, size, size, scalar, ctypes.c_void_p, size]
-    function.argtypes += [ctypes.c_void_p, size]
+    function = _symbol(name)
+    if function is not None:
+        size = ctypes.c_size_t
+        function.argtypes = [ctypes.c_char, ctypes.c_char, size, size, scalar, ctypes.c_void_p]
+        function.argtypes += [size, ctypes.c_void_p, size]
     return function
 
 

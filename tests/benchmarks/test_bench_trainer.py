@@ -9,7 +9,7 @@ reset and ACKTR's cold-start updates (statistics only) are left out; the second 
 run holds a whole number of inverse cycles. ``extra_info`` also keeps each run's phase clock
 (``time_*`` of updates.csv, µs per env step over the run; ``kfac_bench/timing.py``).
 
-Cases: MinAtar's family default (``minatar-tuned``, one torch thread) and the :data:`FAST`
+Cases: MinAtar's family default (``minatar-tuned``) and the :data:`FAST`
 settings on it (target ≥ 0.8); Atari's family default (``atari-tuned``, target ≥ 0.6) and the
 ``openai-baselines`` reference (inverse every update), with the family's own threads.
 """
