@@ -111,6 +111,8 @@ LAYERS = {
         1, 2, kernel_size=(3, 2), stride=(3, 2), padding=2, bias=False
     ),
     "conv-dilation2": lambda: nn.Conv2d(2, 2, kernel_size=2, dilation=2, padding=1),
+    # C_out > 2T (4 positions): Γ from the (B·T, C) rows, not from per-example products
+    "conv-wide-4-positions": lambda: nn.Conv2d(1, 9, kernel_size=(6, 5)),
 }
 
 

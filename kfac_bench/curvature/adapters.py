@@ -22,6 +22,8 @@ raw input and output gradient and builds only what a statistic asks for:
   products with the input (:func:`conv2d_patch_means`): no patch matrix at all.
 - :meth:`LayerBatch.grad_rows` / :meth:`LayerBatch.grad_sums` return the *unscaled* output
   gradient; the statistics fold the factor B of ĝ = B·g into one scalar on the C² result.
+  :meth:`LayerBatch.grad_channels_first` hands a convolution's gradient over in its own
+  (B, C, T) layout, so Γ needs no (B, T, C) copy (``factors.deriv_second_moment``).
 
 ``patches`` and ``derivs`` stay available (built on first access) for any other consumer.
 
@@ -213,6 +215,15 @@ class LayerBatch:
         rows = _scratch("grads", tuple(self._grad.shape), self._grad)
         rows.copy_(self._grad)  # conv: (B, C, T) -> (B, T, C)
         return rows.view(-1, c)
+
+    def grad_channels_first(self) -> torch.Tensor | None:
+        """(B, C_out, T) unscaled gradient g when that is how it is stored (a convolution's
+        ``grad_output``, contiguous in that order), else None. Lets Γ be summed over examples
+        from per-example products without the (B, T, C) copy :meth:`grad_rows` makes."""
+        if self._grad.is_contiguous():
+            return None
+        channels_first = self._grad.transpose(1, 2)
+        return channels_first if channels_first.is_contiguous() else None
 
     def grad_sums(self) -> torch.Tensor:
         """(B, C_out): Σ_t g_{n,t}, unscaled."""

@@ -96,9 +96,19 @@ def deriv_second_moment(batch: LayerBatch, scale: float = 1.0) -> torch.Tensor:
 
     With ĝ = B·g this is (B/T)·Σ g gᵀ: the scale is applied once, as the product's α, instead of
     to every row of ĝ (``scale``: a variant's T²).
+
+    A convolution's gradient arrives as (B, C, T): Σ_n g_n g_nᵀ over the per-example (C, T)
+    matrices (one batched GEMM and a sum over n) reads it in place, where the single GEMM needs
+    the (B·T, C) rows copied first. Used while the per-example products, B·C², are at most
+    twice the gradient, i.e. C ≤ 2T (2-core VM, µs, copy + GEMM vs batched: MinAtar conv
+    (320, 16, 64) 293 vs 132; Nature conv1 (640, 32, 400) 7 992 vs 3 192, conv2 (640, 64, 81)
+    3 414 vs 2 441, conv3 (640, 64, 49) 2 052 vs 1 679).
     """
-    rows = batch.grad_rows()
-    return gram(rows, scale * batch.batch_size / batch.positions)
+    alpha = scale * batch.batch_size / batch.positions
+    channels_first = batch.grad_channels_first()
+    if channels_first is not None and channels_first.shape[1] <= 2 * channels_first.shape[2]:
+        return torch.bmm(channels_first, channels_first.transpose(1, 2)).sum(dim=0).mul_(alpha)
+    return gram(batch.grad_rows(), alpha)
 
 
 def summed_deriv_second_moment(batch: LayerBatch) -> torch.Tensor:
