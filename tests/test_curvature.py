@@ -128,6 +128,24 @@ def test_damping_modes_match_dense_formulas(mode):
     torch.testing.assert_close(got, want, rtol=1e-8, atol=1e-10)
 
 
+def test_eigen_apply_reuses_its_scaling_only_for_its_own_damping():
+    """The eigen mode keeps 1/(d_G d_Aᵀ + λ) from its first apply: a second apply on another M
+    and a copy with another λ (``dataclasses.replace``, as the fidelity tool does) both still
+    equal the dense solve (A⊗G + λI)⁻¹ vec(M)."""
+    conv, x, g = conv_batch(3)
+    f = variants.get("paper").factors(conv, x, g)
+    cfg = dataclasses.replace(F64, damping=0.05, damping_mode="eigen", eigen_clip=0.0)
+    pair = invert_pair(f.A, f.G, cfg, "conv")
+    first, second = torch.randn(3, 19), torch.randn(3, 19)
+    pair.apply(first)
+    for lam, inverse, m in (
+        (0.05, pair, second),
+        (0.3, dataclasses.replace(pair, damping=0.3), second),
+    ):
+        want = torch.linalg.solve(torch.kron(f.G, f.A) + lam * torch.eye(57), m.reshape(-1))
+        torch.testing.assert_close(inverse.apply(m).reshape(-1), want, rtol=1e-8, atol=1e-10)
+
+
 def test_tikhonov_pi_is_split_invariant_but_tikhonov_is_not():
     conv, x, g = conv_batch(2)
     m = torch.randn(3, 19)
