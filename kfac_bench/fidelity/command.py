@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 import variants
 from kfac_bench.config import MAX_SEED
+from kfac_bench.curvature.inverse import torch_threads
 from kfac_bench.domains import AtLeast, Domain, NonNegative, Positive
 from kfac_bench.fidelity.batch import (
     Rollouts,
@@ -134,18 +132,6 @@ def default_out(request: Request, env_id: str) -> Path:
     return Path("runs/fidelity") / env_slug(env_id)
 
 
-@contextmanager
-def _threads(count: int) -> Iterator[None]:
-    """``torch.set_num_threads(count)`` for the block (0: leave torch's default), then restore."""
-    before = torch.get_num_threads()
-    if count > 0:
-        torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def fidelity(request: Request, log: Callable[[str], None] | None = None) -> Path:
     """Measure, write ``fidelity.csv`` (+ ``fidelity.png``/``.svg``), return the CSV path.
 
@@ -157,7 +143,7 @@ def fidelity(request: Request, log: Callable[[str], None] | None = None) -> Path
     source = load_source(request.env, request.checkpoint, request.seed)
     out = default_out(request, source.config.env)
     check_writable(out, CSV_NAME)
-    with _threads(source.config.torch_threads):
+    with torch_threads(source.config.torch_threads):
         return _fidelity(request, source, out, log)
 
 
