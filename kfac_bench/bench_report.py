@@ -87,7 +87,12 @@ def environment(device: str = "cpu") -> dict[str, Any]:
         info["scipy_blas"] = f"unknown ({type(error).__name__})"
     from kfac_bench.curvature import syrk
 
-    info["syrk"] = "MKL via libtorch_cpu" if syrk.available() else "none (blocked product)"
+    if not syrk.available():
+        info["syrk"] = "none (blocked product)"
+    elif syrk.preferred():
+        info["syrk"] = "MKL via libtorch_cpu"
+    else:
+        info["syrk"] = f"blocked product (MKL syrk present, slower on this {syrk.cpu_vendor()} CPU)"
     if device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
         info["cuda"] = torch.version.cuda

@@ -524,7 +524,7 @@ def test_blas_syrk_equals_the_sum_of_outer_products(shape, layout, dtype):
     want = torch.zeros(k, k, dtype=torch.float64)
     for x in rows.double():
         want += torch.outer(x, x)
-    assert syrk.worthwhile(rows)
+    assert syrk.worthwhile(rows) == syrk.preferred()  # the statistics call it on Intel CPUs
     got = syrk.symmetric_product(rows, 0.37)
     assert got is not None and got.dtype == dtype and got.shape == (k, k)
     assert torch.equal(got, got.T)  # mirrored, not recomputed
@@ -554,11 +554,45 @@ def test_gram_kernel_names_the_product_gram_uses(monkeypatch):
     narrow = torch.randn(50, 40, generator=gen, dtype=torch.float64)
     wide = torch.randn(50, 300, generator=gen, dtype=torch.float64)
     assert factors.gram_kernel(narrow) == "gemm"
-    assert factors.gram_kernel(wide) == ("mkl-syrk" if syrk.available(torch.float64) else "blocked")
+    blas = syrk.available(torch.float64) and syrk.preferred()
+    assert factors.gram_kernel(wide) == ("mkl-syrk" if blas else "blocked")
     monkeypatch.setattr(syrk, "worthwhile", lambda rows: False)
     assert factors.gram_kernel(wide) == "blocked"
     for rows in (narrow, wide):
         torch.testing.assert_close(factors.gram(rows, 0.5), 0.5 * rows.T @ rows)
+
+
+@pytest.mark.parametrize(
+    ("vendor", "blas"), [("GenuineIntel", True), ("AuthenticAMD", False), ("", False)]
+)
+def test_blas_syrk_is_taken_on_intel_cpus_only(vendor, blas, monkeypatch):
+    """MKL's syrk for a wide product on an Intel CPU; on any other (AMD, unknown) the blocked
+    product of GEMMs, which was the faster one there (curvature/syrk.py)."""
+    from kfac_bench.curvature import factors, syrk
+
+    if not syrk.available(torch.float64):
+        pytest.skip("this torch build exports no MKL syrk (factors.gram uses its blocked product)")
+    monkeypatch.setattr(syrk, "cpu_vendor", lambda: vendor)
+    syrk.preferred.cache_clear()
+    try:
+        wide = torch.randn(50, 300, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+        assert syrk.worthwhile(wide) is blas
+        assert factors.gram_kernel(wide) == ("mkl-syrk" if blas else "blocked")
+        torch.testing.assert_close(factors.gram(wide, 0.5), 0.5 * wide.T @ wide)
+    finally:
+        monkeypatch.undo()
+        syrk.preferred.cache_clear()
+
+
+def test_cpu_vendor_reads_proc_cpuinfo():
+    """The vendor the rule reads is the vendor_id line of /proc/cpuinfo, where there is one."""
+    from pathlib import Path
+
+    from kfac_bench.curvature import syrk
+
+    lines = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
+    vendors = [line.split(":", 1)[1].strip() for line in lines if line.startswith("vendor_id")]
+    assert syrk.cpu_vendor() == (vendors[0] if vendors else "")
 
 
 @pytest.mark.parametrize("transpose", ["omatcopy", "strided copy"])
@@ -624,7 +658,7 @@ def test_kfac_steps_with_the_symmetric_kernel_match_the_single_gemm_kernel(name,
         lambda rows, scale: blas_calls.append(rows.shape) or product(rows, scale),
     )
     symmetric = run()
-    if factors.syrk.available(torch.float32):
+    if factors.syrk.available(torch.float32) and factors.syrk.preferred():
         assert any(k in (400, 401) for _, k in blas_calls)  # BLAS syrk: the Linear(400, ·) A
     else:
         assert any(lo == 0 and hi >= 400 for lo, hi in calls)

@@ -16,6 +16,13 @@ syrk). A plain strided copy reads the K² matrix transposed, one page per elemen
 thousands: for the Nature-CNN fc factor (K = 3137) that took 89 ms on one thread against syrk's
 48 ms, and the panel transpose takes 10 ms. :func:`worthwhile` leaves narrow products (K < 256) to
 the GEMM, which is as fast there.
+
+MKL's syrk is fast on Intel CPUs only. On an AMD EPYC (Zen 3, AVX2) the same wheel's syrk took
+1.3–1.8× the time of ``factors.gram``'s blocked product built from GEMMs (conv1's 256000 × 257:
+2.51× against 1.71× half the GEMM's time; the Nature fc's 640 × 3137: 1.44× against 0.80×), so
+:func:`preferred` keeps it to ``GenuineIntel`` processors (``/proc/cpuinfo``), where it was the
+faster one (conv1 83 ms against the blocked 116 ms). The rule is fixed per machine, not timed at
+run time, so a run on one CPU always takes the same kernel (and the same bits).
 """
 
 from __future__ import annotations
@@ -172,12 +179,34 @@ def available(dtype: torch.dtype = torch.float32) -> bool:
     return True
 
 
+def cpu_vendor() -> str:
+    """The ``vendor_id`` of ``/proc/cpuinfo`` (``GenuineIntel``, ``AuthenticAMD``, ...), or ''
+    where there is none (not Linux, not x86)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+@functools.cache
+def preferred() -> bool:
+    """Whether MKL's syrk is the faster symmetric product on this machine: on Intel CPUs only
+    (module docstring)."""
+    return cpu_vendor() == "GenuineIntel"
+
+
 def worthwhile(rows: torch.Tensor) -> bool:
-    """syrk for these (N, K) rows: CPU, float32/64, K ≥ :data:`MIN_COLUMNS` and BLAS present."""
+    """syrk for these (N, K) rows: CPU, float32/64, K ≥ :data:`MIN_COLUMNS`, an Intel CPU
+    (:func:`preferred`) and BLAS present."""
     return (
         rows.device.type == "cpu"
         and rows.dtype in _ROUTINES
         and rows.shape[1] >= MIN_COLUMNS
+        and preferred()
         and available(rows.dtype)
     )
 
