@@ -40,6 +40,7 @@ import math
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -91,11 +92,30 @@ def using_workspace(workspace: Workspace | None) -> Iterator[None]:
         _active.workspace = previous
 
 
-def _scratch(slot: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+def scratch(slot: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    """An uninitialised tensor like ``like``: in the active workspace's ``slot`` inside
+    :func:`using_workspace`, else freshly allocated."""
     workspace = getattr(_active, "workspace", None)
     if workspace is None:
         return torch.empty(shape, dtype=like.dtype, device=like.device)
     return workspace.get(slot, shape, like.dtype, like.device)
+
+
+@dataclass(frozen=True)
+class ConvInput:
+    """A Conv2d's input with what its patches need: (B, C_in, H, W), kernel, stride, padding
+    (dilation 1, groups 1). For statistics that read the input itself instead of its patches
+    (``curvature/cell_moment.py``)."""
+
+    input: torch.Tensor
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+
+    @property
+    def padded(self) -> torch.Tensor:
+        ph, pw = self.padding
+        return F.pad(self.input, (pw, pw, ph, ph)) if ph or pw else self.input
 
 
 class LayerBatch:
@@ -116,6 +136,7 @@ class LayerBatch:
         self._rows: torch.Tensor | None = None  # (B·T, K+1) with the homogeneous 1 last
         self._grad = derivs / self.batch_size  # (B, T, C) gradient of the batch-mean loss
         self._derivs: torch.Tensor | None = derivs
+        self.conv_input: ConvInput | None = None
         self.scratch_slot = ""
 
     # --- constructors used by the adapters ----------------------------------------------------
@@ -127,9 +148,11 @@ class LayerBatch:
         grad: torch.Tensor,
         has_bias: bool,
         means: Callable[[], torch.Tensor] | None = None,
+        conv_input: ConvInput | None = None,
     ) -> LayerBatch:
         self = cls.__new__(cls)
         self.has_bias = has_bias
+        self.conv_input = conv_input
         self._means = means
         self._window = window
         self._patches = patches
@@ -156,6 +179,12 @@ class LayerBatch:
         return self._patches.shape[2]
 
     @property
+    def has_patch_rows(self) -> bool:
+        """Whether :meth:`patch_rows` has written its rows already (a statistic that can do
+        without them takes them instead once they are there)."""
+        return self._rows is not None
+
+    @property
     def _patch_slot(self) -> str:
         return f"patches{self.scratch_slot}"
 
@@ -176,21 +205,21 @@ class LayerBatch:
             if not homogeneous:
                 return rows
             if self._rows is None:
-                self._rows = _scratch(self._patch_slot, (rows.shape[0], k + 1), rows)
+                self._rows = scratch(self._patch_slot, (rows.shape[0], k + 1), rows)
                 self._rows[:, :k].copy_(rows)
                 self._rows[:, k] = 1.0
             return self._rows
         if self._rows is None:
             b, c, oh, ow, kh, kw = self._window.shape
             if kw >= ROW_MAJOR_MIN_KW:
-                buffer = _scratch(self._patch_slot, (b, oh, ow, k + 1), self._window)
+                buffer = scratch(self._patch_slot, (b, oh, ow, k + 1), self._window)
                 buffer[..., :k].view(b, oh, ow, c, kh, kw).copy_(
                     self._window.permute(0, 2, 3, 1, 4, 5)
                 )
                 buffer[..., k] = 1.0
                 self._rows = buffer.view(b * oh * ow, k + 1)
             else:
-                buffer = _scratch(self._patch_slot, (k + 1, b, oh, ow), self._window)
+                buffer = scratch(self._patch_slot, (k + 1, b, oh, ow), self._window)
                 buffer[:k].view(c, kh, kw, b, oh, ow).copy_(self._window.permute(1, 4, 5, 0, 2, 3))
                 buffer[k] = 1.0
                 self._rows = buffer.view(k + 1, b * oh * ow).T
@@ -212,7 +241,7 @@ class LayerBatch:
         c = self._grad.shape[-1]
         if self._grad.is_contiguous():
             return self._grad.view(-1, c)
-        rows = _scratch("grads", tuple(self._grad.shape), self._grad)
+        rows = scratch("grads", tuple(self._grad.shape), self._grad)
         rows.copy_(self._grad)  # conv: (B, C, T) -> (B, T, C)
         return rows.view(-1, c)
 
@@ -300,6 +329,9 @@ def conv2d_batch(
         grad,
         module.bias is not None,
         means=lambda: conv2d_patch_means(module, layer_input),
+        conv_input=ConvInput(layer_input, module.kernel_size, module.stride, module.padding)
+        if module.dilation == (1, 1)
+        else None,
     )
 
 

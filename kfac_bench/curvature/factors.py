@@ -22,7 +22,7 @@ from typing import ClassVar, Literal
 import torch
 from torch import nn
 
-from kfac_bench.curvature import syrk
+from kfac_bench.curvature import cell_moment, syrk
 from kfac_bench.curvature.adapters import LayerBatch, layer_batch
 
 
@@ -86,7 +86,14 @@ def patch_second_moment(batch: LayerBatch, homogeneous: bool, scale: float = 1.0
     bias row/column Σ ā and the corner B·T come out of the same product
     (:meth:`LayerBatch.patch_rows` writes those rows once). ``scale`` (a variant's 1/T²) is the
     product's α: no pass over the (K+1)² result of its own.
+
+    A convolution whose stride divides its kernel (Nature conv1) takes it from its input's stride
+    cells instead, with no patch rows (``curvature/cell_moment.py``), where :func:`cell_moment.
+    worthwhile` says that is cheaper and the rows are not already there.
     """
+    columns = batch.in_features + int(homogeneous)
+    if not batch.has_patch_rows and cell_moment.worthwhile(batch.conv_input, columns):
+        return cell_moment.cell_second_moment(batch, homogeneous, scale)
     rows = batch.patch_rows(homogeneous)
     return gram(rows, scale / batch.batch_size)
 

@@ -1,0 +1,175 @@
+"""Ω of a convolution whose stride divides its kernel, from its input's stride cells (no im2col).
+
+When s | k, the input splits into a grid of non-overlapping s_h × s_w *cells* (width
+w = C_in·s_h·s_w), and every patch is c_h × c_w whole cells (c = k/s): Nature conv1 (8×8/4 on
+84×84) is 21 × 21 cells of 64 values, each patch 2 × 2 of them. With the cells as rows X (one per
+grid position, example-major, then grid row, then grid column; a zero tail below), the block of
+Ω for the cell offsets a ≤ a' of the kernel is
+
+    Ω[a, a'] = Σ_{n, p} x(p + a) x(p + a')ᵀ = S_δ − Σ_{u ∈ E_a} X[u] X[u + δ]ᵀ,
+    S_δ = Σ_u X[u] X[u + δ]ᵀ,   δ = flat(a') − flat(a),
+
+where u runs over every cell, ``flat`` is the row offset of a grid position, and E_a are the cells
+that are not x(p + a) for any output position p (the grid rows and columns outside the window
+that offset a sees; about a tenth of the grid for conv1). S_δ depends only on δ, so the
+c_h·c_w·(c_h·c_w+1)/2 blocks need only the distinct δ (5 for 2 × 2 cells) products over the whole
+grid plus one small product over E_a per block. Reading the pairs (u, u + δ) off the flat rows
+counts some that wrap around a grid row or into the next example; those u are all in E_a, so the
+correction removes them with the rest.
+
+FLOPs per example, conv1: 2w²(5·441 + 10·41) = 21.4 M, against (K+1)²·T = 26.4 M for a symmetric
+product of the patch rows and 39.6 M for ``factors.gram``'s blocked one. :func:`worthwhile`
+takes the cells where their GEMMs are at most :data:`GAIN` of the blocked product's and at least
+:data:`MIN_WIDTH` wide (narrower GEMMs run far below the BLAS rate): conv1 yes (0.54); conv2
+4×4/2 (0.71), conv3 3×3/1 (0.83) and MinAtar's 3×3/1 (4 values per cell) no.
+
+The structure is the one Grosse & Martens (KFC, 2016, §3.1) and openai/baselines
+``kfac.py`` (``_extract_patches`` + the ``cov`` matmul) never use: both build the im2col matrix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+
+from kfac_bench.curvature.adapters import ConvInput, LayerBatch, scratch
+
+#: cells only when their products are at most this fraction of the blocked product's FLOPs
+GAIN = 0.6
+#: and each cell at least this wide
+MIN_WIDTH = 32
+
+
+@dataclass(frozen=True)
+class CellGrid:
+    """The cell geometry of one convolution's input (module docstring)."""
+
+    batch: int
+    channels: int
+    stride: tuple[int, int]  # (s_h, s_w)
+    cells: tuple[int, int]  # (c_h, c_w) cells per kernel: k = c·s
+    out: tuple[int, int]  # (O_h, O_w) output positions
+
+    @classmethod
+    def of(cls, conv: ConvInput) -> CellGrid | None:
+        """The grid of ``conv``, or None when its stride does not divide its kernel."""
+        (kh, kw), (sh, sw) = conv.kernel, conv.stride
+        if kh % sh or kw % sw:
+            return None
+        b, c, h, w = conv.padded.shape
+        out = ((h - kh) // sh + 1, (w - kw) // sw + 1)
+        return cls(b, c, (sh, sw), (kh // sh, kw // sw), out)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """(G_h, G_w): the grid rows and columns some patch covers."""
+        return self.out[0] + self.cells[0] - 1, self.out[1] + self.cells[1] - 1
+
+    @property
+    def width(self) -> int:
+        return self.channels * self.stride[0] * self.stride[1]
+
+    @cached_property
+    def offsets(self) -> list[tuple[int, int]]:
+        """The kernel's cell offsets a = (a_h, a_w), in flat order."""
+        return [(i, j) for i in range(self.cells[0]) for j in range(self.cells[1])]
+
+    def flat(self, a: tuple[int, int]) -> int:
+        return a[0] * self.grid[1] + a[1]
+
+    def outside(self, a: tuple[int, int]) -> torch.Tensor:
+        """E_a as flat cell indices within one example: grid rows outside the rows offset a sees,
+        then, on the rows it sees, the columns outside."""
+        (gh, gw), (oh, ow) = self.grid, self.out
+        rows = [r for r in range(gh) if not a[0] <= r < a[0] + oh]
+        cols = [c for c in range(gw) if not a[1] <= c < a[1] + ow]
+        cells = [r * gw + c for r in rows for c in range(gw)]
+        cells += [r * gw + c for r in range(a[0], a[0] + oh) for c in cols]
+        return torch.tensor(cells, dtype=torch.long)
+
+    def flops(self) -> int:
+        """Per example: the distinct-δ products plus the corrections (module docstring)."""
+        offsets = self.offsets
+        deltas = {self.flat(b) - self.flat(a) for i, a in enumerate(offsets) for b in offsets[i:]}
+        corrections = sum(len(self.outside(a)) * (len(offsets) - i) for i, a in enumerate(offsets))
+        return 2 * self.width**2 * (len(deltas) * self.grid[0] * self.grid[1] + corrections)
+
+
+def worthwhile(conv: ConvInput | None, columns: int) -> bool:
+    """Cells for Ω of this convolution (CPU, s | k, :data:`MIN_WIDTH`, :data:`GAIN`), whose
+    patch rows would be ``columns`` wide."""
+    grid = CellGrid.of(conv) if conv is not None and conv.padded.device.type == "cpu" else None
+    if grid is None or grid.width < MIN_WIDTH:
+        return False
+    blocked = 2 * columns**2 * grid.out[0] * grid.out[1] * (0.75 if columns >= 256 else 1.0)
+    return grid.flops() <= GAIN * blocked
+
+
+def cell_rows(conv: ConvInput, grid: CellGrid) -> torch.Tensor:
+    """(B·G_h·G_w + tail, w) cell rows, (C_in, s_h, s_w) within a cell, then max δ zero rows."""
+    (gh, gw), (sh, sw) = grid.grid, grid.stride
+    b, c = grid.batch, grid.channels
+    n = b * gh * gw
+    tail = grid.flat(grid.offsets[-1])
+    rows = scratch("cells", (n + tail, grid.width), conv.padded)
+    rows[n:] = 0.0
+    cells = conv.padded[:, :, : gh * sh, : gw * sw].reshape(b, c, gh, sh, gw, sw)
+    rows[:n].view(b, gh, gw, c, sh, sw).copy_(cells.permute(0, 2, 4, 1, 3, 5))
+    return rows
+
+
+def cell_second_moment(batch: LayerBatch, homogeneous: bool, scale: float = 1.0) -> torch.Tensor:
+    """scale · Ω, Ω = (1/B) Σ_{n,t} ā āᵀ, from the cells of ``batch``'s convolution input:
+    shape (K+1)² in im2col order (C_in, k_h, k_w) with the homogeneous coordinate last (K²
+    without), as ``factors.patch_second_moment``."""
+    conv = batch.conv_input
+    grid = CellGrid.of(conv)
+    rows = cell_rows(conv, grid)
+    n, w = grid.batch * grid.grid[0] * grid.grid[1], grid.width
+    cells = rows[:n]
+    offsets = grid.offsets
+    k = len(offsets) * w
+    omega = rows.new_empty(k, k)
+    sums = rows.new_empty(k)
+    total = cells.sum(dim=0)
+    starts = torch.arange(grid.batch, device=rows.device)[:, None] * (n // grid.batch)
+    products: dict[int, torch.Tensor] = {}
+    for i, a in enumerate(offsets):
+        outside = (starts + grid.outside(a).to(rows.device)[None, :]).reshape(-1)
+        left = cells.index_select(0, outside)  # (B·|E_a|, w)
+        sums[i * w : (i + 1) * w] = total - left.sum(dim=0)
+        deltas = torch.tensor([grid.flat(b) - grid.flat(a) for b in offsets[i:]])
+        for delta in deltas.tolist():
+            if delta not in products:
+                products[delta] = cells.T @ rows[delta : delta + n]
+        # every partner X[u + δ] of the cells outside, for every a' ≥ a, as one (B·|E_a|, m·w)
+        partners = rows.index_select(
+            0, (outside[:, None] + deltas[None, :].to(rows.device)).view(-1)
+        )
+        corrections = left.T @ partners.view(left.shape[0], -1)
+        for m, (j, delta) in enumerate(zip(range(i, len(offsets)), deltas.tolist())):
+            block = products[delta] - corrections[:, m * w : (m + 1) * w]
+            omega[i * w : (i + 1) * w, j * w : (j + 1) * w] = block
+            if j != i:
+                omega[j * w : (j + 1) * w, i * w : (i + 1) * w] = block.T
+    order = _im2col_order(grid).to(rows.device)
+    size = k + 1 if homogeneous else k
+    out = rows.new_empty(size, size)
+    out[:k, :k] = omega[order][:, order]
+    if homogeneous:
+        out[k, :k] = out[:k, k] = sums[order]
+        out[k, k] = grid.batch * grid.out[0] * grid.out[1]
+    return out.mul_(scale / grid.batch)
+
+
+def _im2col_order(grid: CellGrid) -> torch.Tensor:
+    """order[p] = the cell-space index (offset a, then C_in, s_h, s_w) of im2col column p."""
+    (sh, sw), (ch, cw) = grid.stride, grid.cells
+    kh, kw = ch * sh, cw * sw
+    channel = torch.arange(grid.channels)[:, None, None]
+    row, col = torch.arange(kh)[None, :, None], torch.arange(kw)[None, None, :]
+    offset = (row // sh) * cw + col // sw
+    within = channel * sh * sw + (row % sh) * sw + col % sw
+    return (offset * grid.width + within).reshape(-1)
