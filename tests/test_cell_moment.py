@@ -134,3 +134,47 @@ def test_every_variant_computes_the_same_factors_with_cells(name, monkeypatch):
             assert got is None
             continue
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6 * float(want.abs().max()))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_the_training_gradient_of_a_cell_layer_is_autograds(bias, monkeypatch):
+    """kfac.backward after a Fisher pass that took Ω from the cells: the conv's weight (and bias)
+    gradient, from products with the cell rows (cell_weight_gradient, no patch rows built),
+    equals loss.backward()'s on a twin network, and the rest of the network's too."""
+    from kfac_bench.config import KfacConfig
+    from kfac_bench.curvature import KFAC
+
+    def make():
+        torch.manual_seed(3)
+        net = nn.Sequential(nn.Conv2d(4, 6, 8, 4, bias=bias), nn.ReLU(), nn.Flatten())
+        net.append(nn.Linear(6 * 20 * 20, 3))
+        return net, KFAC(net, variants.get("paper"), KfacConfig(), lr=0.05)
+
+    from kfac_bench.curvature.adapters import LayerBatch
+
+    calls, rows_built = [], []
+    real_gradient, real_rows = cell_moment.cell_weight_gradient, LayerBatch.patch_rows
+    monkeypatch.setattr(
+        cell_moment, "cell_weight_gradient", lambda *a: calls.append(1) or real_gradient(*a)
+    )
+    monkeypatch.setattr(
+        LayerBatch,
+        "patch_rows",
+        lambda self, homogeneous: (
+            rows_built.append(self.conv_input is not None) or real_rows(self, homogeneous)
+        ),
+    )
+    gen = torch.Generator().manual_seed(8)
+    x, a = torch.rand(3, 4, 84, 84, generator=gen), torch.randint(0, 3, (3,), generator=gen)
+    grads = []
+    for reuse in (True, False):
+        net, kfac = make()
+        with kfac.fisher_pass() as fisher:
+            logits = net(x)
+            fisher.backward(torch.distributions.Categorical(logits=logits).log_prob(a).mean())
+        loss = nn.functional.cross_entropy(logits, a)
+        kfac.backward(loss) if reuse else loss.backward()
+        grads.append([p.grad.clone() for p in net.parameters()])
+    assert calls == [1] and True not in rows_built  # the conv: cells only, no patch rows
+    for got, want in zip(*grads):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6 * float(want.abs().max()))

@@ -137,6 +137,7 @@ class LayerBatch:
         self._grad = derivs / self.batch_size  # (B, T, C) gradient of the batch-mean loss
         self._derivs: torch.Tensor | None = derivs
         self.conv_input: ConvInput | None = None
+        self.cell_rows: torch.Tensor | None = None  # written by curvature/cell_moment.py
         self.scratch_slot = ""
 
     # --- constructors used by the adapters ----------------------------------------------------
@@ -153,6 +154,7 @@ class LayerBatch:
         self = cls.__new__(cls)
         self.has_bias = has_bias
         self.conv_input = conv_input
+        self.cell_rows = None
         self._means = means
         self._window = window
         self._patches = patches

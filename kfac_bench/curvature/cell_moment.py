@@ -107,16 +107,22 @@ def worthwhile(conv: ConvInput | None, columns: int) -> bool:
     return grid.flops() <= GAIN * blocked
 
 
-def cell_rows(conv: ConvInput, grid: CellGrid) -> torch.Tensor:
-    """(B·G_h·G_w + tail, w) cell rows, (C_in, s_h, s_w) within a cell, then max δ zero rows."""
+def cell_rows(batch: LayerBatch, grid: CellGrid) -> torch.Tensor:
+    """(B·G_h·G_w + tail, w) cell rows, (C_in, s_h, s_w) within a cell, then max δ zero rows;
+    written once into the batch's own workspace slot and kept as ``batch.cell_rows`` (the
+    training backward's weight gradient reads them again, :func:`cell_weight_gradient`)."""
+    if batch.cell_rows is not None:
+        return batch.cell_rows
+    conv = batch.conv_input
     (gh, gw), (sh, sw) = grid.grid, grid.stride
     b, c = grid.batch, grid.channels
     n = b * gh * gw
     tail = grid.flat(grid.offsets[-1])
-    rows = scratch("cells", (n + tail, grid.width), conv.padded)
+    rows = scratch(f"cells{batch.scratch_slot}", (n + tail, grid.width), conv.padded)
     rows[n:] = 0.0
     cells = conv.padded[:, :, : gh * sh, : gw * sw].reshape(b, c, gh, sh, gw, sw)
     rows[:n].view(b, gh, gw, c, sh, sw).copy_(cells.permute(0, 2, 4, 1, 3, 5))
+    batch.cell_rows = rows
     return rows
 
 
@@ -124,9 +130,8 @@ def cell_second_moment(batch: LayerBatch, homogeneous: bool, scale: float = 1.0)
     """scale · Ω, Ω = (1/B) Σ_{n,t} ā āᵀ, from the cells of ``batch``'s convolution input:
     shape (K+1)² in im2col order (C_in, k_h, k_w) with the homogeneous coordinate last (K²
     without), as ``factors.patch_second_moment``."""
-    conv = batch.conv_input
-    grid = CellGrid.of(conv)
-    rows = cell_rows(conv, grid)
+    grid = CellGrid.of(batch.conv_input)
+    rows = cell_rows(batch, grid)
     n, w = grid.batch * grid.grid[0] * grid.grid[1], grid.width
     cells = rows[:n]
     offsets = grid.offsets
@@ -162,6 +167,33 @@ def cell_second_moment(batch: LayerBatch, homogeneous: bool, scale: float = 1.0)
         out[k, :k] = out[:k, k] = sums[order]
         out[k, k] = grid.batch * grid.out[0] * grid.out[1]
     return out.mul_(scale / grid.batch)
+
+
+def cell_weight_gradient(batch: LayerBatch, grad_output: torch.Tensor) -> torch.Tensor:
+    """[∂L/∂W, ∂L/∂b] = Σ_{n,p} g_{n,p} ā_{n,p}ᵀ, (C_out, K+1) in im2col order with the bias
+    column last, from the cell rows :func:`cell_second_moment` wrote (``batch.cell_rows``).
+
+    The gradient (B, C_out, O_h, O_w) is laid on the cell grid, zero where no position is
+    (G, (C_out)), so the block of offset a is one product with the rows shifted by flat(a):
+    Σ_u G[u] X[u + flat(a)]ᵀ. Used by ``weight_grad.backward_reusing_patches`` in place of
+    the patch rows, which the cells never built.
+    """
+    grid = CellGrid.of(batch.conv_input)
+    rows = cell_rows(batch, grid)
+    (gh, gw), (oh, ow), b = grid.grid, grid.out, grid.batch
+    c_out, n, w = grad_output.shape[1], b * gh * gw, grid.width
+    laid = grad_output.new_zeros(b, gh, gw, c_out)
+    laid[:, :oh, :ow].copy_(grad_output.permute(0, 2, 3, 1))
+    laid = laid.view(n, c_out)
+    k = len(grid.offsets) * w
+    full = grad_output.new_empty(c_out, k + 1)
+    blocks = grad_output.new_empty(c_out, k)
+    for i, a in enumerate(grid.offsets):
+        shift = grid.flat(a)
+        torch.mm(laid.T, rows[shift : shift + n], out=blocks[:, i * w : (i + 1) * w])
+    full[:, :k] = blocks[:, _im2col_order(grid).to(blocks.device)]
+    full[:, k] = laid.sum(dim=0)
+    return full
 
 
 def _im2col_order(grid: CellGrid) -> torch.Tensor:

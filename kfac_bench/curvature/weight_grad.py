@@ -15,7 +15,9 @@ autograd computes no weight gradient of its own, and forms each layer's with one
 is the convolution weight-gradient kernel: on the 2-core CI machine oneDNN's for the Nature CNN's
 conv1 (B = 640, 4→32 channels, 8×8 stride 4) takes ~100 ms against ~27 ms for the GEMM over the
 rows the statistic built anyway (issue 16, "reuse the patch matrix"). The result is the gradient
-``loss.backward()`` computes, to float rounding (``tests/test_weight_grad.py``).
+``loss.backward()`` computes, to float rounding (``tests/test_weight_grad.py``). A convolution
+whose Ω came from its input's stride cells has no patch rows; its weight gradient is then a few
+products with those cells instead (``cell_moment.cell_weight_gradient``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from kfac_bench.curvature import cell_moment
 from kfac_bench.curvature.adapters import LayerBatch
 
 
@@ -77,8 +80,11 @@ def backward_reusing_patches(
             continue
         module, batch = layers[name].module, layers[name].batch
         has_bias = module.bias is not None
-        rows = batch.patch_rows(homogeneous=has_bias)
-        full = gradient_rows(module, grad_output).T @ rows  # (C_out, K[+1])
+        if batch.cell_rows is not None and not batch.has_patch_rows:
+            full = cell_moment.cell_weight_gradient(batch, grad_output)  # (C_out, K+1)
+        else:
+            rows = batch.patch_rows(homogeneous=has_bias)
+            full = gradient_rows(module, grad_output).T @ rows  # (C_out, K[+1])
         k = batch.in_features
         _accumulate(module.weight, full[:, :k])
         if has_bias:
