@@ -87,12 +87,14 @@ def environment(device: str = "cpu") -> dict[str, Any]:
         info["scipy_blas"] = f"unknown ({type(error).__name__})"
     from kfac_bench.curvature import syrk
 
+    forced = os.environ.get(syrk.KERNEL_ENV, "auto") not in ("", "auto")
+    why = f"{syrk.KERNEL_ENV}={os.environ.get(syrk.KERNEL_ENV)}" if forced else "by CPU vendor"
     if not syrk.available():
         info["syrk"] = "none (blocked product)"
     elif syrk.preferred():
-        info["syrk"] = "MKL via libtorch_cpu"
+        info["syrk"] = f"MKL via libtorch_cpu ({why})"
     else:
-        info["syrk"] = f"blocked product (MKL syrk present, slower on this {syrk.cpu_vendor()} CPU)"
+        info["syrk"] = f"blocked product (MKL syrk present; {why}: {syrk.cpu_vendor()})"
     if device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
         info["cuda"] = torch.version.cuda

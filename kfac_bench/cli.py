@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from kfac_bench.config import ConfigError
@@ -67,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args()
     try:
+        if os.environ.get("KFAC_BENCH_SYRK"):  # a bad value is refused before any work starts
+            from kfac_bench.curvature import syrk
+
+            syrk.preferred()
         return int(args._run(args) or 0)
     except (UserError, ConfigError, ValueError) as error:
         print(f"kfac-bench: error: {_first_line(error)}", file=sys.stderr)

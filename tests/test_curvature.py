@@ -584,6 +584,46 @@ def test_blas_syrk_is_taken_on_intel_cpus_only(vendor, blas, monkeypatch):
         syrk.preferred.cache_clear()
 
 
+@pytest.mark.parametrize(("choice", "blas"), [("mkl", True), ("blocked", False)])
+def test_the_syrk_kernel_can_be_forced_by_environment(choice, blas, monkeypatch):
+    """KFAC_BENCH_SYRK=mkl|blocked overrides the vendor rule either way; any other value is one
+    error naming the choices."""
+    from kfac_bench.curvature import syrk
+
+    monkeypatch.setattr(syrk, "cpu_vendor", lambda: "AuthenticAMD" if blas else "GenuineIntel")
+    monkeypatch.setenv(syrk.KERNEL_ENV, choice)
+    syrk.preferred.cache_clear()
+    try:
+        assert syrk.preferred() is blas
+        monkeypatch.setenv(syrk.KERNEL_ENV, "fast")
+        syrk.preferred.cache_clear()
+        with pytest.raises(ValueError, match="choose one of auto, mkl, blocked"):
+            syrk.preferred()
+    finally:
+        monkeypatch.undo()
+        syrk.preferred.cache_clear()
+
+
+def test_a_bad_syrk_kernel_choice_is_one_error_line_before_any_work(monkeypatch, capsys):
+    """kfac-bench refuses KFAC_BENCH_SYRK=fast with exit 2 and one line naming the choices."""
+    from kfac_bench import cli
+    from kfac_bench.curvature import syrk
+
+    monkeypatch.setenv(syrk.KERNEL_ENV, "fast")
+    syrk.preferred.cache_clear()
+    try:
+        assert cli.main(["variants"]) == 2
+    finally:
+        monkeypatch.undo()
+        syrk.preferred.cache_clear()
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.strip().splitlines() == [
+        "kfac-bench: error: KFAC_BENCH_SYRK='fast' is not a kernel; choose one of auto, mkl, "
+        "blocked"
+    ]
+
+
 def test_cpu_vendor_reads_proc_cpuinfo():
     """The vendor the rule reads is the vendor_id line of /proc/cpuinfo, where there is one."""
     from pathlib import Path

@@ -22,7 +22,8 @@ MKL's syrk is fast on Intel CPUs only. On an AMD EPYC (Zen 3, AVX2) the same whe
 2.51× against 1.71× half the GEMM's time; the Nature fc's 640 × 3137: 1.44× against 0.80×), so
 :func:`preferred` keeps it to ``GenuineIntel`` processors (``/proc/cpuinfo``), where it was the
 faster one (conv1 83 ms against the blocked 116 ms). The rule is fixed per machine, not timed at
-run time, so a run on one CPU always takes the same kernel (and the same bits).
+run time, so a run on one CPU always takes the same kernel (and the same bits);
+``KFAC_BENCH_SYRK=mkl`` or ``=blocked`` forces one, to measure both on one machine.
 """
 
 from __future__ import annotations
@@ -192,10 +193,22 @@ def cpu_vendor() -> str:
     return ""
 
 
+#: environment variable that overrides :func:`preferred`: ``mkl``, ``blocked`` or ``auto``
+KERNEL_ENV = "KFAC_BENCH_SYRK"
+KERNEL_CHOICES = ("auto", "mkl", "blocked")
+
+
 @functools.cache
 def preferred() -> bool:
-    """Whether MKL's syrk is the faster symmetric product on this machine: on Intel CPUs only
-    (module docstring)."""
+    """Whether the statistics take MKL's syrk: on Intel CPUs only (module docstring), unless
+    ``KFAC_BENCH_SYRK`` says ``mkl`` or ``blocked`` (to compare the two on one machine)."""
+    choice = os.environ.get(KERNEL_ENV, "auto") or "auto"
+    if choice not in KERNEL_CHOICES:
+        raise ValueError(
+            f"{KERNEL_ENV}={choice!r} is not a kernel; choose one of {', '.join(KERNEL_CHOICES)}"
+        )
+    if choice != "auto":
+        return choice == "mkl"
     return cpu_vendor() == "GenuineIntel"
 
 
