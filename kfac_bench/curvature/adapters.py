@@ -41,6 +41,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 import torch.nn.functional as F
@@ -112,8 +113,9 @@ class ConvInput:
     stride: tuple[int, int]
     padding: tuple[int, int]
 
-    @property
+    @cached_property
     def padded(self) -> torch.Tensor:
+        """The zero-padded input (the input itself without padding; one copy, kept, with)."""
         ph, pw = self.padding
         return F.pad(self.input, (pw, pw, ph, ph)) if ph or pw else self.input
 

@@ -58,8 +58,9 @@ class CellGrid:
         (kh, kw), (sh, sw) = conv.kernel, conv.stride
         if kh % sh or kw % sw:
             return None
-        b, c, h, w = conv.padded.shape
-        out = ((h - kh) // sh + 1, (w - kw) // sw + 1)
+        b, c, h, w = conv.input.shape
+        (ph, pw) = conv.padding
+        out = ((h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1)
         return cls(b, c, (sh, sw), (kh // sh, kw // sw), out)
 
     @property
@@ -100,7 +101,7 @@ class CellGrid:
 def worthwhile(conv: ConvInput | None, columns: int) -> bool:
     """Cells for Ω of this convolution (CPU, s | k, :data:`MIN_WIDTH`, :data:`GAIN`), whose
     patch rows would be ``columns`` wide."""
-    grid = CellGrid.of(conv) if conv is not None and conv.padded.device.type == "cpu" else None
+    grid = CellGrid.of(conv) if conv is not None and conv.input.device.type == "cpu" else None
     if grid is None or grid.width < MIN_WIDTH:
         return False
     blocked = 2 * columns**2 * grid.out[0] * grid.out[1] * (0.75 if columns >= 256 else 1.0)

@@ -88,8 +88,8 @@ def patch_second_moment(batch: LayerBatch, homogeneous: bool, scale: float = 1.0
     product's α: no pass over the (K+1)² result of its own.
 
     A convolution whose stride divides its kernel (Nature conv1) takes it from its input's stride
-    cells instead, with no patch rows (``curvature/cell_moment.py``), where :func:`cell_moment.
-    worthwhile` says that is cheaper and the rows are not already there.
+    cells instead, with no patch rows (``curvature/cell_moment.py``), where
+    ``cell_moment.worthwhile`` says that is cheaper and the rows are not already there.
     """
     columns = batch.in_features + int(homogeneous)
     if not batch.has_patch_rows and cell_moment.worthwhile(batch.conv_input, columns):
