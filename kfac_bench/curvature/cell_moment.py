@@ -23,8 +23,10 @@ takes the cells where their GEMMs are at most :data:`GAIN` of the blocked produc
 :data:`MIN_WIDTH` wide (narrower GEMMs run far below the BLAS rate): conv1 yes (0.54); conv2
 4×4/2 (0.71), conv3 3×3/1 (0.83) and MinAtar's 3×3/1 (4 values per cell) no.
 
-The structure is the one Grosse & Martens (KFC, 2016, §3.1) and openai/baselines
-``kfac.py`` (``_extract_patches`` + the ``cov`` matmul) never use: both build the im2col matrix.
+KFC (Grosse & Martens 2016, §3.1) defines Ω over the im2col patches, and openai/baselines
+``kfac.py`` (``_extract_patches``, then one ``matmul``) and alecwangcq/KFAC-Pytorch
+(``utils/kfac_utils.py`` ``_extract_patches``) both build that matrix; the cells give the same Ω
+(``tests/test_cell_moment.py``: against patches sliced out by loops) without it.
 """
 
 from __future__ import annotations
