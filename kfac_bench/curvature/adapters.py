@@ -25,6 +25,11 @@ raw input and output gradient and builds only what a statistic asks for:
   :meth:`LayerBatch.grad_channels_first` hands a convolution's gradient over in its own
   (B, C, T) layout, so Γ needs no (B, T, C) copy (``factors.deriv_second_moment``).
 
+- :attr:`LayerBatch.conv_input` keeps a convolution's input with its kernel, stride and padding
+  (:class:`ConvInput`, dilation 1) for statistics that read the input itself:
+  ``curvature/cell_moment.py`` builds Ω of Nature conv1 from its stride cells and leaves the rows
+  it wrote in :attr:`LayerBatch.cell_rows` for the training backward.
+
 ``patches`` and ``derivs`` stay available (built on first access) for any other consumer.
 
 Inside :func:`using_workspace` (what ``KFAC`` does around its statistics) the patch and gradient
