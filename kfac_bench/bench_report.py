@@ -37,6 +37,7 @@ from typing import Any
 from kfac_bench import store
 from kfac_bench.bench_render import headline, load, render
 from kfac_bench.bench_settings import FAST, FAST_TIKHONOV_PI, SETTINGS, TARGETS
+from kfac_bench.provenance import cpuinfo_field
 
 __all__ = [
     "FAST",
@@ -87,8 +88,8 @@ def environment(device: str = "cpu") -> dict[str, Any]:
         info["scipy_blas"] = f"unknown ({type(error).__name__})"
     from kfac_bench.curvature import syrk
 
-    forced = os.environ.get(syrk.KERNEL_ENV, "auto") not in ("", "auto")
-    why = f"{syrk.KERNEL_ENV}={os.environ.get(syrk.KERNEL_ENV)}" if forced else "by CPU vendor"
+    choice = syrk.kernel_choice()
+    why = "by CPU vendor" if choice == "auto" else f"{syrk.KERNEL_ENV}={choice}"
     if not syrk.available():
         info["syrk"] = "none (blocked product)"
     elif syrk.preferred():
@@ -102,13 +103,7 @@ def environment(device: str = "cpu") -> dict[str, Any]:
 
 
 def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return cpuinfo_field("model name") or platform.processor() or platform.machine()
 
 
 def _git(*args: str) -> str:

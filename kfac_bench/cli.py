@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args()
     try:
-        if os.environ.get("KFAC_BENCH_SYRK"):  # a bad value is refused before any work starts
+        # syrk.KERNEL_ENV, read here without importing torch: a bad value is refused up front
+        if os.environ.get("KFAC_BENCH_SYRK"):
             from kfac_bench.curvature import syrk
 
             syrk.preferred()

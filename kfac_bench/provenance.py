@@ -10,6 +10,18 @@ from pathlib import Path
 from typing import Any
 
 
+def cpuinfo_field(name: str) -> str:
+    """The first ``name`` line of ``/proc/cpuinfo`` (``vendor_id``, ``model name``, ...), or ''
+    where there is none (not Linux, not x86)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(name):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
 def git_info() -> tuple[str, bool]:
     """(commit, dirty) of the source tree this package runs from; ("unknown", False) outside git."""
     root = Path(__file__).resolve().parent.parent

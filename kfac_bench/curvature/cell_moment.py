@@ -31,6 +31,7 @@ KFC (Grosse & Martens 2016, §3.1) defines Ω over the im2col patches, and opena
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -84,13 +85,8 @@ class CellGrid:
 
     def outside(self, a: tuple[int, int]) -> torch.Tensor:
         """E_a as flat cell indices within one example: grid rows outside the rows offset a sees,
-        then, on the rows it sees, the columns outside."""
-        (gh, gw), (oh, ow) = self.grid, self.out
-        rows = [r for r in range(gh) if not a[0] <= r < a[0] + oh]
-        cols = [c for c in range(gw) if not a[1] <= c < a[1] + ow]
-        cells = [r * gw + c for r in rows for c in range(gw)]
-        cells += [r * gw + c for r in range(a[0], a[0] + oh) for c in cols]
-        return torch.tensor(cells, dtype=torch.long)
+        then, on the rows it sees, the columns outside (built once per geometry; read-only)."""
+        return _outside(self, a)
 
     def flops(self) -> int:
         """Per example: the distinct-δ products plus the corrections (module docstring)."""
@@ -100,11 +96,26 @@ class CellGrid:
         return 2 * self.width**2 * (len(deltas) * self.grid[0] * self.grid[1] + corrections)
 
 
+@functools.cache
+def _outside(grid: CellGrid, a: tuple[int, int]) -> torch.Tensor:
+    (gh, gw), (oh, ow) = grid.grid, grid.out
+    rows = [r for r in range(gh) if not a[0] <= r < a[0] + oh]
+    cols = [c for c in range(gw) if not a[1] <= c < a[1] + ow]
+    cells = [r * gw + c for r in rows for c in range(gw)]
+    cells += [r * gw + c for r in range(a[0], a[0] + oh) for c in cols]
+    return torch.tensor(cells, dtype=torch.long)
+
+
 def worthwhile(conv: ConvInput | None, columns: int) -> bool:
     """Cells for Ω of this convolution (CPU, s | k, :data:`MIN_WIDTH`, :data:`GAIN`), whose
     patch rows would be ``columns`` wide."""
     grid = CellGrid.of(conv) if conv is not None and conv.input.device.type == "cpu" else None
-    if grid is None or grid.width < MIN_WIDTH:
+    return grid is not None and _fewer_flops(grid, columns)
+
+
+@functools.cache
+def _fewer_flops(grid: CellGrid, columns: int) -> bool:
+    if grid.width < MIN_WIDTH:
         return False
     blocked = 2 * columns**2 * grid.out[0] * grid.out[1] * (0.75 if columns >= 256 else 1.0)
     return grid.flops() <= GAIN * blocked
@@ -199,8 +210,10 @@ def cell_weight_gradient(batch: LayerBatch, grad_output: torch.Tensor) -> torch.
     return full
 
 
+@functools.cache
 def _im2col_order(grid: CellGrid) -> torch.Tensor:
-    """order[p] = the cell-space index (offset a, then C_in, s_h, s_w) of im2col column p."""
+    """order[p] = the cell-space index (offset a, then C_in, s_h, s_w) of im2col column p
+    (built once per geometry; read-only)."""
     (sh, sw), (ch, cw) = grid.stride, grid.cells
     kh, kw = ch * sh, cw * sw
     channel = torch.arange(grid.channels)[:, None, None]

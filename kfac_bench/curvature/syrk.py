@@ -34,6 +34,8 @@ import os
 
 import torch
 
+from kfac_bench.provenance import cpuinfo_field
+
 _ROUTINES = {
     torch.float32: ("mkl_blas_ssyrk", ctypes.c_float),
     torch.float64: ("mkl_blas_dsyrk", ctypes.c_double),
@@ -183,14 +185,7 @@ def available(dtype: torch.dtype = torch.float32) -> bool:
 def cpu_vendor() -> str:
     """The ``vendor_id`` of ``/proc/cpuinfo`` (``GenuineIntel``, ``AuthenticAMD``, ...), or ''
     where there is none (not Linux, not x86)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
+    return cpuinfo_field("vendor_id")
 
 
 #: environment variable that overrides :func:`preferred`: ``mkl``, ``blocked`` or ``auto``
@@ -198,15 +193,22 @@ KERNEL_ENV = "KFAC_BENCH_SYRK"
 KERNEL_CHOICES = ("auto", "mkl", "blocked")
 
 
-@functools.cache
-def preferred() -> bool:
-    """Whether the statistics take MKL's syrk: on Intel CPUs only (module docstring), unless
-    ``KFAC_BENCH_SYRK`` says ``mkl`` or ``blocked`` (to compare the two on one machine)."""
+def kernel_choice() -> str:
+    """``KFAC_BENCH_SYRK`` (``auto`` when unset or empty); ValueError naming the choices for any
+    other value."""
     choice = os.environ.get(KERNEL_ENV, "auto") or "auto"
     if choice not in KERNEL_CHOICES:
         raise ValueError(
             f"{KERNEL_ENV}={choice!r} is not a kernel; choose one of {', '.join(KERNEL_CHOICES)}"
         )
+    return choice
+
+
+@functools.cache
+def preferred() -> bool:
+    """Whether the statistics take MKL's syrk: on Intel CPUs only (module docstring), unless
+    ``KFAC_BENCH_SYRK`` says ``mkl`` or ``blocked`` (to compare the two on one machine)."""
+    choice = kernel_choice()
     if choice != "auto":
         return choice == "mkl"
     return cpu_vendor() == "GenuineIntel"
