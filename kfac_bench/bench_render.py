@@ -184,6 +184,7 @@ def _markdown(data: dict[str, Any], json_path: Path, chart: Path | None) -> list
     lines += _factor_section(g.get("factor", []))
     lines += _bare_section(g.get("bare", []))
     lines += _decomposition_section(g.get("decomposition", []), g.get("invert", []))
+    lines += _precondition_section(g.get("precondition", []))
     lines += [
         "## Settings",
         "",
@@ -410,4 +411,35 @@ def _decomposition_section(decomps: list[dict], inverts: list[dict]) -> list[str
         modes = ["eigen", "tikhonov", "tikhonov-pi"]
         rows = [[net, *(_fmt_time(table2[net].get(m, math.nan)) for m in modes)] for net in table2]
         lines += _table(["network", *modes], rows)
+    return lines
+
+
+def _precondition_section(cases: list[dict]) -> list[str]:
+    """The eigen mode's Δ of one layer through the kept eigenvectors vs the four full products."""
+    if not cases:
+        return []
+    table: dict[str, dict] = defaultdict(dict)
+    for case in cases:
+        table[case["case"]][case["path"]] = case
+    rows = []
+    for name, paths in table.items():
+        kept, full = paths.get("kept"), paths.get("full")
+        one = kept or full
+        speedup = full["median_s"] / kept["median_s"] if kept and full else math.nan
+        rows.append([
+            name, f"{one['c']} × {one['k']}", f"{one['kept'][0]} × {one['kept'][1]}",
+            _fmt(one["flop_fraction"]), kept["used"] if kept else "–",
+            _fmt_time(kept["median_s"]) if kept else "–",
+            _fmt_time(full["median_s"]) if full else "–", _fmt(speedup),
+        ])  # fmt: skip
+    header = ["case", "M", "kept p × r", "FLOPs kept/full", "path taken", "apply", "full path"]
+    lines = ["## Eigen-mode preconditioning: kept eigenvectors vs full bases", ""]
+    lines += _table([*header, "full / taken"], rows)
+    lines += [
+        "`kfac_bench/curvature/kept_basis.py`: with eigenvalues clipped to 0, the same Δ through "
+        "the kept eigenvectors only; the path is taken when its FLOPs are at most "
+        "`kept_basis.GAIN` of the full path's. Clipped counts from real runs "
+        "(tests/benchmarks/test_bench_precondition.py).",
+        "",
+    ]
     return lines

@@ -4,7 +4,8 @@ Gradient layout (PyTorch): M = ∇W as (C_out, K[+1]), bias column last when fol
 
 - ``eigen`` (baselines, ikostrikov, KFAC-PyTorch, ACKTR-PyTorch): A = Q_A d_A Q_Aᵀ, G = Q_G d_G Q_Gᵀ,
   eigenvalues ≤ τ zeroed per factor, then  Δ = Q_G [(Q_Gᵀ M Q_A) ⊘ (d_G d_Aᵀ + λ)] Q_Aᵀ,
-  which is (A⊗G + λI)⁻¹ vec(M) when nothing is clipped.
+  which is (A⊗G + λI)⁻¹ vec(M) when nothing is clipped; with many clipped, the same Δ through
+  the kept eigenvectors only (:mod:`kfac_bench.curvature.kept_basis`).
   (openai/baselines ``baselines/acktr/kfac.py`` lines 678-736; kfac_utils.py ``detectMinVal``)
 - ``tikhonov`` (seed notebook, gpauloski INVERSE): Δ = (G + γI)⁻¹ M (A + γI)⁻¹, γ per factor
   (default √λ), inverses through Cholesky.
@@ -38,6 +39,7 @@ import torch
 
 from kfac_bench.config import KfacConfig
 from kfac_bench.curvature.ekfac import reset_scale
+from kfac_bench.curvature.kept_basis import KeptBasis
 
 
 class FactorInverseError(RuntimeError):
@@ -61,16 +63,23 @@ class FactorPairInverse:
     damping: float
     diagnostics: torch.Tensor  # (6,) A_trace, G_trace, A_cond, G_cond, A_clipped, G_clipped
     scale: torch.Tensor | None = None  # ekfac's s (C, K')
-    # eigen: 1 / (d_G d_Aᵀ + λ), (C, K'), built at the first apply and reused until the next
-    # decomposition (one multiply per step instead of an outer product, a sum and a divide)
+    # eigen: how ``apply`` preconditions, built at its first call after a decomposition and
+    # reused until the next: through the kept eigenvectors (:mod:`kept_basis`, where enough
+    # eigenvalues were clipped) or with 1 / (d_G d_Aᵀ + λ), (C, K'), cached (one multiply per
+    # step instead of an outer product, a sum and a divide)
+    _kept: KeptBasis | None = field(default=None, init=False, repr=False, compare=False)
     _reciprocal: torch.Tensor | None = field(default=None, init=False, repr=False, compare=False)
 
     def apply(self, m: torch.Tensor) -> torch.Tensor:
         """Precondition M (C_out, K) -> Δ (C_out, K) in the factors' dtype."""
         if self.mode == "eigen":
-            if self._reciprocal is None:
-                outer = self.g_vals[:, None] * self.a_vals[None, :]
-                self._reciprocal = outer.add_(self.damping).reciprocal_()
+            if self._kept is None and self._reciprocal is None:
+                self._kept = KeptBasis.of(self.g, self.g_vals, self.a, self.a_vals, self.damping)
+                if self._kept is None:
+                    outer = self.g_vals[:, None] * self.a_vals[None, :]
+                    self._reciprocal = outer.add_(self.damping).reciprocal_()
+            if self._kept is not None:
+                return self._kept.apply(m)
             v = (self.g.T @ m @ self.a).mul_(self._reciprocal)
             return self.g @ v @ self.a.T
         if self.mode == "ekfac":
