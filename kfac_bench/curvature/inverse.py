@@ -105,6 +105,34 @@ class FactorPairInverse:
 
 
 def _eigh(matrix: torch.Tensor, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvalues and eigenvectors (columns) of a symmetric factor, its zero rows left out.
+
+    A unit whose input (or output gradient) is exactly 0 in every example so far (a dead ReLU of
+    the fc input, say) gives a row and column of zeros: the factor is block diagonal, with the
+    standard basis vector of that unit an eigenvector for eigenvalue 0. Those come first, then
+    the eigenpairs of the principal submatrix of the other rows (:func:`_eigh_dense`): the same
+    spectrum and, for the eigen and ekfac steps, the same Δ as one dense ``eigh``, at (n'/n)³ of
+    its cost. Measured on real runs: the Nature fc's 3137² A had 209 zero rows at update 22 and
+    107 at 160k steps of Breakout (``atari-tuned``), MinAtar's 1025² fc A 119 at 300k steps of
+    MinAtar Breakout (``minatar-tuned``); eigh of 2928² vs 3137²: 2.1 vs 2.9 s on two threads.
+    """
+    live = (matrix != 0).any(dim=0)
+    n, n_live = matrix.shape[0], int(live.sum())
+    if n_live == n:
+        return _eigh_dense(matrix, what)
+    vals = matrix.new_zeros(n)
+    vecs = matrix.new_zeros(n, n)
+    dead = torch.nonzero(~live).flatten()
+    vecs[dead, torch.arange(n - n_live, device=matrix.device)] = 1.0
+    if n_live > 0:
+        rows = torch.nonzero(live).flatten()
+        live_vals, live_vecs = _eigh_dense(matrix[rows][:, rows], what)
+        vals[n - n_live :] = live_vals
+        vecs[rows, n - n_live :] = live_vecs
+    return vals, vecs
+
+
+def _eigh_dense(matrix: torch.Tensor, what: str) -> tuple[torch.Tensor, torch.Tensor]:
     """``torch.linalg.eigh``; a float32 failure to converge is retried once in float64.
 
     Rank-deficient factors (e.g. a 3137² fc factor estimated from a few hundred rows) have many
