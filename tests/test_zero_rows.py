@@ -72,7 +72,7 @@ def test_float32_step_with_dead_units_matches_the_dense_eigh_step(monkeypatch):
     dense eigh of the whole factor give the same Δ to float tolerance."""
     a = factor_with_dead_units(300, list(range(0, 300, 7)), rank=120, seed=6).float()
     g = factor_with_dead_units(20, [2, 11], rank=60, seed=7).float()
-    m = torch.randn(20, 300, generator=torch.Generator().manual_seed(8))
+    m = torch.randn(20, 300, generator=torch.Generator().manual_seed(8), dtype=torch.float32)
     config = dataclasses.replace(KfacConfig(), damping_mode="eigen")
     trimmed = invert_pair(a, g, config, "layer").apply(m)
     monkeypatch.setattr(inverse, "_eigh", inverse._eigh_dense)
