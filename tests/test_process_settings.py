@@ -54,10 +54,9 @@ def _faults(mode: str) -> int:
 )
 def test_kept_memory_is_not_faulted_in_again():
     """Minor page faults of the median of five Nature-CNN ACKTR updates at B = 320 (its conv
-    activations and their
-    gradients are 16 MB): glibc's defaults unmap and re-fault them every update (~34 000 faults
-    on the CI machine); with keep_freed_memory they are reused (~10 000, the rest is the
-    statistics' first touch of fresh rows)."""
+    activations and their gradients are 16 MB): glibc's defaults unmap and re-fault them every
+    update (~34 000 faults on the CI machine); with keep_freed_memory they are reused (~10 000,
+    the rest is the statistics' first touch of fresh rows)."""
     default, kept = _faults("default"), _faults("keep")
     assert kept < 0.5 * default, (default, kept)
 
