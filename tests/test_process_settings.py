@@ -49,6 +49,9 @@ def _faults(mode: str) -> int:
     return int(out.stdout.strip())
 
 
+# slow (make test-slow): on the 2-vCPU AMD VM of 2026-12-07 kept/default swung 0.22–0.57 between
+# fresh-clone runs (before and after the kept-basis commits); the cause is not pinned down
+@pytest.mark.slow
 @pytest.mark.skipif(
     platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only"
 )
