@@ -77,7 +77,7 @@ def test_kept_path_equals_the_four_full_products(dtype, monkeypatch):
 
 
 def test_the_rule_on_the_nature_fc():
-    """Measured counts (Breakout, first inverse after the cold start: 1 760 of 3137 A and 156 of
+    """Measured counts (Breakout, the decomposition of update 21: 1 760 of 3137 A and 156 of
     512 G eigenvalues ≤ 10⁻⁶) take the kept path at ~0.39 of the FLOPs; nothing clipped, or
     a few, keep the full products; and the FLOP counts are the products' shapes."""
     c, k = 512, 3137
