@@ -47,11 +47,18 @@ def _layer(geometry, dtype=torch.float64):
     return conv, x, grad
 
 
+@pytest.mark.parametrize(
+    "chunk_rows", [cell_moment.CHUNK_ROWS, 5], ids=["one-chunk", "chunks-of-5"]
+)
 @pytest.mark.parametrize("geometry", GEOMETRIES, ids=lambda g: "x".join(map(str, g[:3])))
 @pytest.mark.parametrize("homogeneous", [True, False])
-def test_cell_second_moment_equals_the_sum_over_sliced_patches(geometry, homogeneous):
+def test_cell_second_moment_equals_the_sum_over_sliced_patches(
+    geometry, homogeneous, chunk_rows, monkeypatch
+):
     """The cell products and their corrections, permuted to im2col order, give Ω of the patch
-    loops (float64: to rounding; float32: to its precision); the scale is applied once."""
+    loops (float64: to rounding; float32: to its precision); the scale is applied once. With
+    5-row chunks the shifted products accumulate over many chunks and a ragged last one."""
+    monkeypatch.setattr(cell_moment, "CHUNK_ROWS", chunk_rows)
     conv, x, grad = _layer(geometry)
     want = brute_force_omega(conv, x, homogeneous)
     got = cell_moment.cell_second_moment(conv2d_batch(conv, x, grad), homogeneous, scale=0.3)
@@ -59,6 +66,20 @@ def test_cell_second_moment_equals_the_sum_over_sliced_patches(geometry, homogen
     conv32, x32, grad32 = conv.float(), x.float(), grad.float()
     got32 = cell_moment.cell_second_moment(conv2d_batch(conv32, x32, grad32), homogeneous)
     torch.testing.assert_close(got32.double(), want, rtol=1e-5, atol=1e-5 * float(want.max()))
+
+
+def test_shifted_products_equal_sums_of_outer_products(monkeypatch):
+    """Σ_u left[u] rows[u + s]ᵀ for each shift, by an explicit loop over u in float64, equals
+    shifted_products' chunked GEMMs (23 rows in chunks of 5: four whole and a ragged one)."""
+    monkeypatch.setattr(cell_moment, "CHUNK_ROWS", 5)
+    gen = torch.Generator().manual_seed(4)
+    left = torch.randn(23, 3, generator=gen, dtype=torch.float64)
+    rows = torch.randn(23 + 7, 4, generator=gen, dtype=torch.float64)
+    shifts = [0, 2, 7]
+    got = cell_moment.shifted_products(left, rows, shifts)
+    for shift, product in zip(shifts, got):
+        want = sum(torch.outer(left[u], rows[u + shift]) for u in range(23))
+        torch.testing.assert_close(product, want, rtol=1e-12, atol=1e-12)
 
 
 def test_cell_grid_counts_what_it_leaves_out():
@@ -136,11 +157,14 @@ def test_every_variant_computes_the_same_factors_with_cells(name, monkeypatch):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6 * float(want.abs().max()))
 
 
+@pytest.mark.parametrize("chunk_rows", [cell_moment.CHUNK_ROWS, 1000], ids=["one-chunk", "chunks"])
 @pytest.mark.parametrize("bias", [True, False])
-def test_the_training_gradient_of_a_cell_layer_is_autograds(bias, monkeypatch):
+def test_the_training_gradient_of_a_cell_layer_is_autograds(bias, chunk_rows, monkeypatch):
     """kfac.backward after a Fisher pass that took Ω from the cells: the conv's weight (and bias)
     gradient, from products with the cell rows (cell_weight_gradient, no patch rows built),
-    equals loss.backward()'s on a twin network, and the rest of the network's too."""
+    equals loss.backward()'s on a twin network, and the rest of the network's too (the 3 × 441
+    cell rows in one chunk, and in chunks of 1000)."""
+    monkeypatch.setattr(cell_moment, "CHUNK_ROWS", chunk_rows)
     from kfac_bench.config import KfacConfig
     from kfac_bench.curvature import KFAC
 
