@@ -192,8 +192,9 @@ def cell_weight_gradient(batch: LayerBatch, grad_output: torch.Tensor) -> torch.
 
     The gradient (B, C_out, O_h, O_w) is laid on the cell grid, zero where no position is
     (G, (C_out)), so the block of offset a is the product with the rows shifted by flat(a),
-    Σ_u G[u] X[u + flat(a)]ᵀ (all offsets in one pass, :func:`shifted_products`). Used by ``weight_grad.backward_reusing_patches`` in place of
-    the patch rows, which the cells never built.
+    Σ_u G[u] X[u + flat(a)]ᵀ (all offsets in one pass, :func:`shifted_products`). Used by
+    ``weight_grad.backward_reusing_patches`` in place of the patch rows, which the cells never
+    built.
     """
     grid = CellGrid.of(batch.conv_input)
     rows = cell_rows(batch, grid)
