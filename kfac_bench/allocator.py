@@ -18,10 +18,10 @@ Allocations larger than a thread arena can hold (64 MiB) fall back to the main h
 still maps memory when the heap cannot grow. Reuse is glibc's choice, not a guarantee: 2.36's
 ``posix_memalign`` (torch's allocation) places a lone 39 MB block freed and asked for again
 higher up the heap, faulting it in again; in an update's mix of blocks the freed chunks are
-reused (0–17 faults per update from the second on, Nature CNN at B = 320). The cost is resident memory held at its peak, which
-a training process reaches every update anyway (+2–3 % maximum RSS against the 32 MiB
-threshold). ``MALLOC_MMAP_MAX_=0`` / ``MALLOC_TRIM_THRESHOLD_`` in the environment do the same at
-start-up; this is the in-process equivalent, a no-op off glibc.
+reused (0–17 faults per update from the second on, Nature CNN at B = 320). The cost is resident
+memory held at its peak, which a training process reaches every update anyway (+2–3 % maximum
+RSS against the 32 MiB threshold). ``MALLOC_MMAP_MAX_=0`` / ``MALLOC_TRIM_THRESHOLD_`` in the
+environment do the same at start-up; this is the in-process equivalent, a no-op off glibc.
 """
 
 from __future__ import annotations
