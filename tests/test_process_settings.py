@@ -49,12 +49,9 @@ def _faults(mode: str) -> int:
     return int(out.stdout.strip())
 
 
-GLIBC = pytest.mark.skipif(
+@pytest.mark.skipif(
     platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only"
 )
-
-
-@GLIBC
 def test_kept_memory_is_not_faulted_in_again():
     """Minor page faults of the median of five Nature-CNN ACKTR updates at B = 320 (its conv
     activations and their gradients are 16 MB): glibc's defaults unmap and re-fault them every

@@ -83,6 +83,14 @@ class CellGrid:
         """The kernel's cell offsets a = (a_h, a_w), in flat order."""
         return [(i, j) for i in range(self.cells[0]) for j in range(self.cells[1])]
 
+    @cached_property
+    def deltas(self) -> list[int]:
+        """The distinct row offsets δ = flat(a') − flat(a), a ≤ a', of the S_δ products."""
+        offsets = self.offsets
+        return sorted(
+            {self.flat(b) - self.flat(a) for i, a in enumerate(offsets) for b in offsets[i:]}
+        )
+
     def flat(self, a: tuple[int, int]) -> int:
         return a[0] * self.grid[1] + a[1]
 
@@ -94,9 +102,8 @@ class CellGrid:
     def flops(self) -> int:
         """Per example: the distinct-δ products plus the corrections (module docstring)."""
         offsets = self.offsets
-        deltas = {self.flat(b) - self.flat(a) for i, a in enumerate(offsets) for b in offsets[i:]}
         corrections = sum(len(self.outside(a)) * (len(offsets) - i) for i, a in enumerate(offsets))
-        return 2 * self.width**2 * (len(deltas) * self.grid[0] * self.grid[1] + corrections)
+        return 2 * self.width**2 * (len(self.deltas) * self.grid[0] * self.grid[1] + corrections)
 
 
 @functools.cache
@@ -157,10 +164,7 @@ def cell_second_moment(batch: LayerBatch, homogeneous: bool, scale: float = 1.0)
     sums = rows.new_empty(k)
     total = cells.sum(dim=0)
     starts = torch.arange(grid.batch, device=rows.device)[:, None] * (n // grid.batch)
-    distinct = sorted(
-        {grid.flat(b) - grid.flat(a) for i, a in enumerate(offsets) for b in offsets[i:]}
-    )
-    products = dict(zip(distinct, shifted_products(cells, rows, distinct)))
+    products = dict(zip(grid.deltas, shifted_products(cells, rows, grid.deltas)))
     for i, a in enumerate(offsets):
         outside = (starts + grid.outside(a).to(rows.device)[None, :]).reshape(-1)
         left = cells.index_select(0, outside)  # (B·|E_a|, w)

@@ -19,8 +19,8 @@ from kfac_bench.curvature.inverse import FactorPairInverse
 
 # (id, C, K, G eigenvalues clipped, A eigenvalues clipped)
 CASES = [
-    # Nature fc (512 × 3137): the decomposition of update 21 (the second after the cold start), and at 120k
-    # steps, where the counts had levelled off (1 263–1 276 of A from 90k to 122k steps)
+    # Nature fc (512 × 3137): the decomposition of update 21 (the second after the cold start),
+    # and at 120k steps, where the counts had levelled off (1 263–1 276 of A from 90k to 122k)
     ("nature-fc-update21", 512, 3137, 156, 1760),
     ("nature-fc-120k", 512, 3137, 32, 1265),
     ("nature-fc-nothing-clipped", 512, 3137, 0, 0),
