@@ -9,6 +9,10 @@ reset and ACKTR's cold-start updates (statistics only) are left out; the second 
 run holds a whole number of inverse cycles. ``extra_info`` also keeps each run's phase clock
 (``time_*`` of updates.csv, µs per env step over the run; ``kfac_bench/timing.py``).
 
+MinAtar runs are 160 ACKTR updates (51 200 env steps) in 6 rounds: with 60 updates the timed half
+was about one second of each run and its rounds read 0.72–0.90 (7b5798d), over which a few
+milliseconds of anything else moved the ratio; at 160 updates d8f5fee read 0.65–0.76.
+
 Cases: MinAtar's family default (``minatar-tuned``) and the :data:`FAST`
 settings on it (target ≥ 0.8); Atari's family default (``atari-tuned``, target ≥ 0.6) and the
 ``openai-baselines`` reference (inverse every update), with the family's own threads.
@@ -36,8 +40,8 @@ class Case:
     env: str
     preset: str
     overrides: dict = field(default_factory=dict)
-    updates: int = 60  # ACKTR updates per run
-    rounds: int = 4
+    updates: int = 160  # ACKTR updates per run: the second half holds 8 inverse cycles of 10
+    rounds: int = 6
     target: float | None = None
 
 
@@ -49,7 +53,7 @@ CASES = {
     },
     # 40 updates: 10 cold, then inverses at updates 11, 21, 31: the second half holds two cycles
     "atari-breakout-atari-tuned": Case(
-        ATARI, "atari-tuned", updates=40, rounds=2, target=TARGETS["trainer_ratio_atari"]
+        ATARI, "atari-tuned", updates=40, rounds=3, target=TARGETS["trainer_ratio_atari"]
     ),
     "atari-breakout-openai-baselines": Case(ATARI, "openai-baselines", updates=20, rounds=1),
 }  # fmt: skip
@@ -60,9 +64,11 @@ def _config(case: Case, preset: str, overrides: dict, steps: int):
 
 
 def steady_steps_per_s(marks: list[tuple[float, int]]) -> float:
-    """Env steps/s over the second half of (time, steps) marks taken after every update (the
-    whole run when it has fewer than four updates)."""
-    first = marks[len(marks) // 2 - 1] if len(marks) >= 4 else marks[0]
+    """Env steps/s over the second half of the updates, from (time, steps) marks taken before the
+    first update and after every update (``marks[i]``: after update i); the whole run when it has
+    fewer than three updates. For 40 updates the window is updates 21–40."""
+    updates = len(marks) - 1
+    first = marks[updates - updates // 2] if updates >= 3 else marks[0]
     (t0, s0), (t1, s1) = first, marks[-1]
     return (s1 - s0) / (t1 - t0)
 
