@@ -21,7 +21,7 @@ def test_window_rates_between_first_and_last_row_of_each_window(tmp_path):
     (tmp_path / "updates.csv").write_text(text)
     # [0, 200]: 200 steps in 3 s; [200, 400]: 200 in 5 s; [400, 600]: 100 in 1 s
     assert window_rates(tmp_path, 600, 200) == pytest.approx([200 / 3, 200 / 5, 100 / 1])
-    # a window holding a single row has no rate
+    # windows of 250: [0, 250] holds the rows at 0–200, [250, 500] those at 300–500
     assert window_rates(tmp_path, 500, 250) == pytest.approx([200 / 3, 200 / 5])
 
 
